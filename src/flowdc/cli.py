@@ -1,0 +1,202 @@
+"""The `flowdc` command: download, demo. Errors a user can fix are one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, get_args
+
+from flowdc import __version__
+from flowdc.config import DownloadConfig, build_config, read_config_file
+from flowdc.errors import FlowDCError
+
+_GROUPS = {
+    "input and output": (
+        "input",
+        "input_format",
+        "output",
+        "output_format",
+        "url",
+        "label",
+        "shard_size",
+        "overwrite",
+    ),
+    "downloading": (
+        "concurrent_downloads",
+        "timeout",
+        "max_retry_attempts",
+        "retry_backoff_sec",
+        "max_bytes",
+        "user_agent",
+        "enable_rate_limiting",
+        "rate_limit",
+        "rate_capacity",
+    ),
+    "machine use": ("processes", "progress"),
+    "metadata": (
+        "create_overview",
+        "croissant",
+        "dataset_name",
+        "dataset_description",
+        "dataset_license",
+        "dataset_creator",
+        "dataset_version",
+        "dataset_citation",
+        "dataset_keywords",
+    ),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"flowdc: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _option_strings(name: str) -> list[str]:
+    dashed = name.replace("_", "-")
+    return [f"--{name}"] if dashed == name else [f"--{name}", f"--{dashed}"]
+
+
+def _add_download_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="JSON config file; options given here override it.")
+    fields = DownloadConfig.model_fields
+    grouped = {name for names in _GROUPS.values() for name in names}
+    missing = set(fields) - grouped
+    assert not missing, f"options without a help group: {missing}"
+    for title, names in _GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            field = fields[name]
+            help_text = field.description or ""
+            default = field.get_default(call_default_factory=False)
+            if (
+                default is not None
+                and field.default_factory is None
+                and name not in ("input", "output")
+            ):
+                help_text += f" (default: {default})"
+            annotation = field.annotation
+            kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+            if annotation in (bool, bool | None):
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                choices = _choices(annotation)
+                if choices:
+                    kwargs["choices"] = choices
+                kwargs["metavar"] = name.upper() if not choices else None
+                kwargs["type"] = _type_of(annotation)
+            group.add_argument(*_option_strings(name), **kwargs)
+
+
+def _choices(annotation: Any) -> list[str] | None:
+    for arg in (annotation, *get_args(annotation)):
+        values = get_args(arg)
+        if values and all(isinstance(v, str) for v in values):
+            return list(values)
+    return None
+
+
+def _type_of(annotation: Any) -> Any:
+    for kind in (int, float):
+        if annotation is kind or kind in get_args(annotation):
+            return kind
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="flowdc",
+        description="FLOW-DC turns tables of image URLs and labels into ML-ready image datasets "
+        "(WebDataset or ImageFolder), politely, resumably, with a per-URL results table.",
+    )
+    parser.add_argument("--version", action="version", version=f"flowdc {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    download = commands.add_parser(
+        "download",
+        help="download a URL table into a dataset (resumes when run again)",
+        description="Download the images of a URL table into a WebDataset or ImageFolder dataset."
+        " Every option can also be a key of the --config JSON file; options may be written "
+        "--with_underscores or --with-dashes.",
+        allow_abbrev=False,
+    )
+    _add_download_options(download)
+    demo = commands.add_parser(
+        "demo",
+        help="generate images, serve them locally and download them into a dataset",
+        description="Generate a few hundred images, serve them from a local server on 127.0.0.1 "
+        "(with a few failing URLs), download them and show what was made.",
+        allow_abbrev=False,
+    )
+    demo.add_argument(
+        "--output",
+        default="flowdc-demo",
+        help="folder for the demo dataset (default: flowdc-demo; replaced if it "
+        "holds an earlier demo)",
+    )
+    demo.add_argument(
+        "--output_format",
+        "--output-format",
+        dest="output_format",
+        choices=["webdataset", "imagefolder"],
+        default="webdataset",
+        help="dataset format (default: webdataset)",
+    )
+    demo.add_argument("--images", type=int, default=300, help="how many images (default: 300)")
+    return parser
+
+
+def _download(args: argparse.Namespace) -> int:
+    from flowdc.runner import run_download
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    file_values = read_config_file(args.config) if args.config else None
+    source = "command line" if not args.config else f"{args.config} and the command line"
+    config = build_config(file_values, options, source=source)
+    summary = run_download(config)
+    _print_summary(summary)
+    return 1 if summary.shard_errors else 0
+
+
+def _print_summary(summary: Any) -> None:
+    overview = summary.overview["download_summary"]
+    print(
+        f"{overview['successful']:,} of {overview['processed']:,} images downloaded "
+        f"({overview['success_rate_percent']}%) into {summary.output} in {summary.seconds:.1f} s"
+    )
+    breakdown = summary.overview.get("error_breakdown") or {}
+    if breakdown:
+        print("failures: " + ", ".join(f"{k} {v:,}" for k, v in breakdown.items()))
+    for shard, message in sorted(summary.shard_errors.items()):
+        print(f"shard {shard} failed: {message}", file=sys.stderr)
+    if summary.shard_errors:
+        print("run the same command again to retry the failed shards", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "download":
+            return _download(args)
+        if args.command == "demo":
+            from flowdc.demo import run_demo
+
+            return run_demo(args.output, args.output_format, args.images)
+    except FlowDCError as error:
+        from flowdc.runner import Interrupted
+
+        print(
+            f"flowdc: error: {error}" if not isinstance(error, Interrupted) else f"flowdc: {error}",
+            file=sys.stderr,
+        )
+        return 130 if isinstance(error, Interrupted) else 2
+    except KeyboardInterrupt:
+        print("flowdc: interrupted", file=sys.stderr)
+        return 130
+    return 2

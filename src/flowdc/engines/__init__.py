@@ -1,0 +1,1 @@
+"""Engines decide where run_shard runs; they hold no download logic."""

@@ -1,0 +1,203 @@
+"""The local engine: worker processes on this machine, each with its own event loop.
+
+Each worker takes shard numbers from a shared queue and runs up to SHARDS_PER_WORKER shards at
+once on one HTTP session, so the slow tail of one shard never leaves the process idle. Workers
+report progress and finished shards on a result queue; they exit when their parent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowdc.config import DownloadConfig
+from flowdc.plan import Plan
+from flowdc.shard import ShardResult
+
+SHARDS_PER_WORKER = 2
+PROGRESS_INTERVAL = 0.25
+
+
+@dataclass
+class Progress:
+    """Totals reported by the workers since the run began."""
+
+    successes: int = 0
+    failures: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class EngineOutcome:
+    results: list[ShardResult] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def _install_event_loop_policy() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def _worker_main(
+    config_data: dict[str, Any],
+    output: str,
+    processes: int,
+    tasks: mp.Queue,
+    events: mp.Queue,
+    parent_pid: int,
+) -> None:
+    """Entry point of a worker process; `processes` is how many share the machine's limits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    _install_event_loop_policy()
+    config = DownloadConfig(**config_data)
+    plan = Plan.load(output)
+    assert plan is not None
+    asyncio.run(_worker_loop(config, plan, processes, tasks, events))
+
+
+async def _worker_loop(
+    config: DownloadConfig, plan: Plan, processes: int, tasks: mp.Queue, events: mp.Queue
+) -> None:
+    from flowdc.fetch.client import Fetcher
+    from flowdc.shard import run_shard_async
+
+    loop = asyncio.get_running_loop()
+    fetcher = Fetcher(
+        config, concurrency=max(1, config.concurrent_downloads // processes), processes=processes
+    )
+    delta = [0, 0, 0]  # successes, failures, bytes since the last report
+
+    def on_progress(success: bool, size: int) -> None:
+        delta[0 if success else 1] += 1
+        delta[2] += size
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL)
+            if any(delta):
+                events.put(("progress", delta[0], delta[1], delta[2]))
+                delta[:] = [0, 0, 0]
+
+    async def run_one(shard: int) -> None:
+        try:
+            result = await run_shard_async(plan, shard, config, fetcher, on_progress)
+        except Exception as exc:
+            events.put(("error", shard, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+            return
+        if any(delta):
+            events.put(("progress", delta[0], delta[1], delta[2]))
+            delta[:] = [0, 0, 0]
+        events.put(("done", shard, result))
+
+    reporter = asyncio.create_task(report())
+    running: set[asyncio.Task[None]] = set()
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(running) < SHARDS_PER_WORKER:
+                shard = await loop.run_in_executor(None, tasks.get)
+                if shard is None:
+                    exhausted = True
+                    break
+                running.add(asyncio.create_task(run_one(shard)))
+            if not running:
+                break
+            _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        reporter.cancel()
+        await fetcher.close()
+
+
+def run_local(
+    plan: Plan,
+    config: DownloadConfig,
+    shards: list[int],
+    on_progress: Callable[[Progress], None],
+    on_shard: Callable[[ShardResult], None],
+) -> EngineOutcome:
+    """Run `shards` in worker processes; return their results and any shard errors."""
+    outcome = EngineOutcome()
+    if not shards:
+        return outcome
+    processes = max(1, min(config.effective_processes(), len(shards)))
+    context = mp.get_context("spawn")
+    tasks: mp.Queue = context.Queue()
+    events: mp.Queue = context.Queue()
+    for shard in shards:
+        tasks.put(shard)
+    for _ in range(processes):
+        tasks.put(None)
+    config_data = config.model_dump()
+    workers = [
+        context.Process(
+            target=_worker_main,
+            args=(config_data, plan.output, processes, tasks, events, os.getpid()),
+            name=f"flowdc-worker-{index}",
+            daemon=True,
+        )
+        for index in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    progress = Progress()
+    remaining = set(shards)
+    try:
+        while remaining:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+                if dead:
+                    codes = ", ".join(str(w.exitcode) for w in dead)
+                    for shard in sorted(remaining):
+                        outcome.errors[shard] = f"worker process died (exit code {codes})"
+                    break
+                if all(not w.is_alive() for w in workers):
+                    for shard in sorted(remaining):
+                        outcome.errors[shard] = "no worker ran this shard"
+                    break
+                continue
+            kind = event[0]
+            if kind == "progress":
+                progress.successes += event[1]
+                progress.failures += event[2]
+                progress.bytes += event[3]
+                on_progress(progress)
+            elif kind == "done":
+                result: ShardResult = event[2]
+                remaining.discard(event[1])
+                outcome.results.append(result)
+                on_shard(result)
+            elif kind == "error":
+                remaining.discard(event[1])
+                outcome.errors[event[1]] = event[2]
+    finally:
+        for worker in workers:
+            worker.join(timeout=0 if remaining else 10)
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+    return outcome

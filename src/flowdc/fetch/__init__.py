@@ -1,0 +1,1 @@
+"""Fetching URLs: the HTTP client and its per-host rate limits."""

@@ -1,0 +1,272 @@
+"""HTTP fetching with aiohttp: one session per process, retries, redirects and size limits.
+
+Redirects are followed by hand so that each hop is checked (http and https only, at most
+MAX_REDIRECTS) and the whole chain shares one deadline (`timeout`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from flowdc.config import DownloadConfig
+from flowdc.fetch.ratelimit import HostRateLimiter
+from flowdc.status import FAILED_TO_DOWNLOAD, INVALID_URL, SUCCESS, TOO_LARGE
+
+MAX_REDIRECTS = 5
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_RETRY_AFTER_SECONDS = 120.0
+_BACKOFF_CAP_SECONDS = 60.0
+
+
+@dataclass
+class FetchResult:
+    """What one URL gave, after every attempt."""
+
+    status: str
+    data: bytes | None = None
+    error: str | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    content_type: str | None = None
+    final_url: str | None = None
+    elapsed_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+
+class _Failure(Exception):
+    """One attempt failed; `retryable` says whether another attempt may help."""
+
+    def __init__(
+        self,
+        status: str,
+        message: str,
+        retryable: bool,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retryable = retryable
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+
+def parse_url(url: str | None) -> URL | None:
+    """The URL if it is absolute http(s) with a host, else None."""
+    if not url or not url.strip():
+        return None
+    try:
+        parsed = URL(url.strip())
+    except (ValueError, TypeError):
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    return parsed
+
+
+def invalid_url_reason(url: str | None) -> str:
+    if url is None or not url.strip():
+        return "empty URL"
+    return f"not an absolute http(s) URL: {url[:200]!r}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Fetcher:
+    """Fetches URLs for one process; create inside the running event loop, close when done."""
+
+    def __init__(
+        self, config: DownloadConfig, concurrency: int | None = None, processes: int = 1
+    ) -> None:
+        self.config = config
+        self.concurrency = concurrency or config.concurrent_downloads
+        self.slots = asyncio.Semaphore(self.concurrency)
+        self.rate_limiter = (
+            HostRateLimiter(config.rate_limit / processes, config.rate_capacity)
+            if config.enable_rate_limiting
+            else None
+        )
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.8"},
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None),
+            read_bufsize=1 << 17,
+            max_line_size=16384,
+            max_field_size=16384,
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def fetch(self, url: str | None) -> FetchResult:
+        parsed = parse_url(url)
+        if parsed is None:
+            return FetchResult(status=INVALID_URL, error=invalid_url_reason(url), attempts=0)
+        started = time.monotonic()
+        attempts = 0
+        max_attempts = 1 + self.config.max_retry_attempts
+        while True:
+            attempts += 1
+            if self.rate_limiter is not None:
+                await self.rate_limiter.acquire(parsed.host or "")
+            try:
+                async with self.slots:
+                    result = await self._attempt(parsed)
+            except _Failure as failure:
+                if not failure.retryable or attempts >= max_attempts:
+                    return FetchResult(
+                        status=failure.status,
+                        error=failure.message,
+                        http_status=failure.http_status,
+                        attempts=attempts,
+                        elapsed_seconds=time.monotonic() - started,
+                    )
+                await asyncio.sleep(self._backoff(attempts, failure.retry_after))
+                continue
+            result.attempts = attempts
+            result.elapsed_seconds = time.monotonic() - started
+            return result
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Full-jitter exponential backoff; a server's Retry-After is a floor."""
+        ceiling = min(_BACKOFF_CAP_SECONDS, self.config.retry_backoff_sec * 2 ** (attempt - 1))
+        delay = random.uniform(0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
+        return delay
+
+    async def _attempt(self, url: URL) -> FetchResult:
+        deadline = time.monotonic() + self.config.timeout
+        current = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Failure(FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True)
+            try:
+                async with self.session.get(
+                    current,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=remaining),
+                ) as response:
+                    if response.status in REDIRECT_STATUS and "Location" in response.headers:
+                        current = self._next_hop(current, response)
+                        continue
+                    return await self._read(current, response)
+            except _Failure:
+                raise
+            except asyncio.TimeoutError:
+                raise _Failure(
+                    FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True
+                ) from None
+            except aiohttp.ClientPayloadError as exc:
+                raise _Failure(
+                    FAILED_TO_DOWNLOAD, f"incomplete body: {_brief(exc)}", True
+                ) from None
+            except aiohttp.InvalidURL as exc:
+                raise _Failure(INVALID_URL, f"invalid URL: {_brief(exc)}", False) from None
+            except aiohttp.ClientResponseError as exc:
+                raise _Failure(
+                    FAILED_TO_DOWNLOAD,
+                    f"bad response: {_brief(exc)}",
+                    True,
+                    http_status=exc.status or None,
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise _Failure(
+                    FAILED_TO_DOWNLOAD, f"{type(exc).__name__}: {_brief(exc)}", True
+                ) from None
+        raise _Failure(FAILED_TO_DOWNLOAD, f"more than {MAX_REDIRECTS} redirects", False)
+
+    def _next_hop(self, current: URL, response: aiohttp.ClientResponse) -> URL:
+        location = response.headers["Location"]
+        try:
+            target = current.join(URL(location))
+        except (ValueError, TypeError):
+            raise _Failure(
+                FAILED_TO_DOWNLOAD,
+                f"bad redirect location {location[:200]!r}",
+                False,
+                http_status=response.status,
+            ) from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise _Failure(
+                FAILED_TO_DOWNLOAD,
+                f"redirect to a non-http(s) URL refused: {location[:200]!r}",
+                False,
+                http_status=response.status,
+            )
+        return target
+
+    async def _read(self, url: URL, response: aiohttp.ClientResponse) -> FetchResult:
+        status = response.status
+        if status != 200:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise _Failure(
+                FAILED_TO_DOWNLOAD,
+                f"HTTP {status} {response.reason or ''}".strip(),
+                status in RETRYABLE_STATUS,
+                http_status=status,
+                retry_after=retry_after,
+            )
+        limit = self.config.max_bytes
+        length = response.content_length
+        if length is not None and length > limit:
+            raise _Failure(
+                TOO_LARGE,
+                f"Content-Length {length} is over max_bytes {limit}",
+                False,
+                http_status=status,
+            )
+        if length is not None and "Content-Encoding" not in response.headers:
+            data = await response.read()
+        else:
+            buffer = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                buffer += chunk
+                if len(buffer) > limit:
+                    raise _Failure(
+                        TOO_LARGE, f"body grew past max_bytes {limit}", False, http_status=status
+                    )
+            data = bytes(buffer)
+        return FetchResult(
+            status=SUCCESS,
+            data=data,
+            http_status=status,
+            content_type=response.headers.get("Content-Type"),
+            final_url=str(url),
+        )
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

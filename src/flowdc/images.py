@@ -1,0 +1,96 @@
+"""Checking that bytes are an image, and naming its real format.
+
+Only the header is parsed (Pillow's lazy open): cheap enough to run on every download in the
+event loop. The original bytes are kept; only formats a loader cannot read are converted.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from flowdc.status import NOT_AN_IMAGE, TOO_LARGE
+
+# Pillow format -> file extension. MPO is a JPEG with extra frames: its bytes are a JPEG.
+_EXTENSION = {
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "PPM": "ppm",
+    "ICO": "ico",
+    "JPEG2000": "jp2",
+}
+# What torchvision's ImageFolder reads (its IMG_EXTENSIONS); others are converted to PNG there.
+TORCHVISION_EXTENSIONS = frozenset(
+    {"jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp"}
+)
+
+
+class ImageRejected(Exception):
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    extension: str
+    width: int
+    height: int
+    mode: str
+
+
+def inspect_image(data: bytes) -> ImageInfo:
+    """Identify the image in `data` or raise ImageRejected with the failure's class."""
+    if not data:
+        raise ImageRejected(NOT_AN_IMAGE, "empty body")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                fmt = image.format or "UNKNOWN"
+                mode = image.mode
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(TOO_LARGE, f"image too large: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected(NOT_AN_IMAGE, f"not an image ({_sniff(data)})") from None
+    except Exception as exc:  # Pillow raises many kinds on broken headers
+        raise ImageRejected(
+            NOT_AN_IMAGE, f"unreadable image: {type(exc).__name__}: {exc}"
+        ) from None
+    if width <= 0 or height <= 0:
+        raise ImageRejected(NOT_AN_IMAGE, f"image has no pixels ({width}x{height})")
+    return ImageInfo(fmt, _EXTENSION.get(fmt, fmt.lower()), width, height, mode)
+
+
+def to_png(data: bytes) -> bytes:
+    """The first frame as PNG, for formats a loader cannot read (GIF, ICO, ... in ImageFolder)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(0)
+        frame = image.convert(
+            "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"
+        )
+    buffer = io.BytesIO()
+    frame.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _sniff(data: bytes) -> str:
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
+        return "an HTML page"
+    if head.startswith((b"{", b"[")):
+        return "JSON"
+    if head.startswith(b"<?xml") or head.startswith(b"<svg"):
+        return "XML or SVG"
+    return f"{len(data)} bytes starting {data[:8]!r}"

@@ -1,0 +1,1 @@
+"""What a run made: the overview (and, later, Croissant metadata and the report)."""

@@ -1,0 +1,138 @@
+"""overview.json: what a run made, computed from the results tables (so any engine, any resume,
+gives the same numbers). FLOW-DC's original field names are kept; more are added."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections import Counter
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flowdc import __version__
+from flowdc.config import DownloadConfig
+from flowdc.plan import Plan
+from flowdc.shard import is_committed, results_path
+from flowdc.status import SUCCESS
+from flowdc.storage import atomic_write_text
+
+OVERVIEW_FILE = "overview.json"
+RUNS_FILE = ".flowdc-runs.jsonl"
+_COLUMNS = ["status", "error", "http_status", "attempts", "bytes", "label"]
+
+
+def _versions() -> dict[str, str]:
+    versions = {"flowdc": __version__, "python": platform.python_version()}
+    for package in ("aiohttp", "pyarrow", "pillow", "pydantic", "tqdm", "uvloop"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def read_runs(output: Path) -> list[dict[str, Any]]:
+    path = output / RUNS_FILE
+    if not path.exists():
+        return []
+    runs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+    return runs
+
+
+def append_run(output: Path, run: dict[str, Any]) -> None:
+    with open(output / RUNS_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(run) + "\n")
+
+
+def _error_kind(message: str | None) -> str:
+    """Group messages that differ only in detail: 'HTTP 404 Not Found', 'timeout after 30 s'."""
+    if not message:
+        return "unknown"
+    return message.split(":")[0][:80]
+
+
+def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
+    output = Path(plan.output)
+    statuses: Counter[str] = Counter()
+    http_statuses: Counter[str] = Counter()
+    error_messages: Counter[str] = Counter()
+    per_class: Counter[str] = Counter()
+    total_bytes = 0
+    retries = 0
+    committed = 0
+    for shard in range(plan.shard_count):
+        if not is_committed(output, shard):
+            continue
+        committed += 1
+        table = pq.read_table(results_path(output, shard), columns=_COLUMNS)
+        statuses.update(table.column("status").to_pylist())
+        http_statuses.update(
+            str(code) for code in table.column("http_status").to_pylist() if code is not None
+        )
+        ok = pc.equal(table.column("status"), SUCCESS)
+        total_bytes += pc.sum(pc.if_else(ok, table.column("bytes"), 0)).as_py() or 0
+        retries += (
+            pc.sum(pc.max_element_wise(pc.subtract(table.column("attempts"), 1), 0)).as_py() or 0
+        )
+        failed = table.filter(pc.invert(ok))
+        error_messages.update(_error_kind(m) for m in failed.column("error").to_pylist())
+        if plan.label_column:
+            per_class.update(label or "" for label in table.filter(ok).column("label").to_pylist())
+    processed = sum(statuses.values())
+    successful = statuses.get(SUCCESS, 0)
+    runs = read_runs(output)
+    seconds = sum(run.get("seconds", 0.0) for run in runs)
+    data_mb = total_bytes / 1e6
+    return {
+        "script_inputs": config.model_dump(mode="json"),
+        "download_summary": {
+            "total": plan.total_rows,
+            "processed": processed,
+            "successful": successful,
+            "failed": processed - successful,
+            "not_yet_processed": plan.total_rows - processed,
+            "success_rate_percent": round(100.0 * successful / processed, 2) if processed else 0.0,
+            "total_data_mb": round(data_mb, 3),
+            "total_time_seconds": round(seconds, 3),
+            "average_speed_mb_per_s": round(data_mb / seconds, 3) if seconds else 0.0,
+            "images_per_second": round(successful / seconds, 2) if seconds else 0.0,
+            "retries": retries,
+        },
+        "error_breakdown": {k: v for k, v in statuses.most_common() if k != SUCCESS},
+        "error_messages": dict(error_messages.most_common(50)),
+        "http_status_counts": dict(sorted(http_statuses.items())),
+        "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
+        "shards": {
+            "total": plan.shard_count,
+            "committed": committed,
+            "shard_size": plan.shard_size,
+        },
+        "input": {
+            "path": plan.input,
+            "format": plan.input_format,
+            "rows": plan.total_rows,
+            "url_column": plan.url_column,
+            "label_column": plan.label_column,
+            "extra_columns": list(plan.extra_columns.values()),
+        },
+        "output": {"path": str(output), "format": plan.output_format},
+        "runs": runs,
+        "versions": _versions(),
+    }
+
+
+def write_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
+    overview = build_overview(plan, config)
+    atomic_write_text(
+        Path(plan.output) / OVERVIEW_FILE, json.dumps(overview, indent=2, ensure_ascii=False)
+    )
+    return overview

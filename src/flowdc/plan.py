@@ -1,0 +1,288 @@
+"""Planning: stream the input once into a plan of shards with stable keys.
+
+The plan is one parquet file at the output's root whose row group N holds shard N, so a worker on
+any machine that sees the output reads exactly its shard. A JSON file beside it records what the
+plan was made from (input fingerprint, columns, labels); it is written last, so a plan without it
+is incomplete and is made again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flowdc.config import DownloadConfig
+from flowdc.errors import FlowDCError
+from flowdc.inputs import InputTable
+from flowdc.labels import folder_names
+from flowdc.storage import atomic_write_text, temp_name
+
+PLAN_TABLE = ".flowdc-plan.parquet"
+PLAN_META = ".flowdc-plan.json"
+LABELS_FILE = "labels.json"
+MAX_CATEGORICAL_LABELS = 1_000_000
+PLAN_VERSION = 1
+
+# Columns FLOW-DC adds to every results row; input columns with these names get an input_ prefix.
+RESERVED_COLUMNS = (
+    "key",
+    "shard",
+    "row",
+    "url",
+    "label",
+    "status",
+    "error",
+    "http_status",
+    "attempts",
+    "bytes",
+    "sha256",
+    "width",
+    "height",
+    "format",
+    "content_type",
+    "path",
+    "elapsed_seconds",
+    "host",
+    "final_url",
+    "class_index",
+)
+
+
+@dataclass
+class Plan:
+    """What the shards were cut from and how; equal plans mean a run can resume."""
+
+    output: str
+    input: str
+    input_format: str
+    input_fingerprint: str
+    url_column: str
+    label_column: str | None
+    shard_size: int
+    output_format: str
+    total_rows: int
+    shard_count: int
+    key_width: int
+    extra_columns: dict[str, str] = field(default_factory=dict)  # plan column -> input column
+    labels: list[str] | None = None  # sorted distinct labels when categorical; index = class
+    label_counts: list[int] | None = None
+    label_folders: dict[str, str] | None = None
+    version: int = PLAN_VERSION
+
+    @property
+    def table_path(self) -> Path:
+        return Path(self.output) / PLAN_TABLE
+
+    def class_index(self) -> dict[str, int]:
+        return {label: index for index, label in enumerate(self.labels or [])}
+
+    def read_shard(self, shard: int) -> pa.Table:
+        return pq.ParquetFile(self.table_path).read_row_group(shard)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=1)
+
+    @classmethod
+    def load(cls, output: str | Path) -> Plan | None:
+        meta = Path(output) / PLAN_META
+        if not meta.exists() or not (Path(output) / PLAN_TABLE).exists():
+            return None
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        data["output"] = str(output)
+        return cls(**data)
+
+
+def fingerprint(path: Path) -> str:
+    """Size plus hashes of the first and last MiB: cheap, and changes when the list changes."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(-(1 << 20), os.SEEK_END)
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()
+
+
+def check_plan_matches(plan: Plan, config: DownloadConfig, table: InputTable) -> None:
+    """Refuse to resume an output that was planned from another input or with other settings."""
+    wanted = {
+        "input fingerprint": fingerprint(table.path),
+        "url column": config.url,
+        "label column": config.label,
+        "shard_size": config.shard_size,
+        "output_format": config.output_format,
+    }
+    have = {
+        "input fingerprint": plan.input_fingerprint,
+        "url column": plan.url_column,
+        "label column": plan.label_column,
+        "shard_size": plan.shard_size,
+        "output_format": plan.output_format,
+    }
+    changed = [name for name in wanted if wanted[name] != have[name]]
+    if changed:
+        detail = ", ".join(
+            f"{name}"
+            + ("" if name == "input fingerprint" else f" {have[name]!r} -> {wanted[name]!r}")
+            for name in changed
+        )
+        raise FlowDCError(
+            f"{config.output} holds a run planned differently ({detail}); rerun with the same "
+            f"input and options to resume, add --overwrite to start over, or pick a new --output"
+        )
+
+
+def _plan_columns(names: list[str], url: str, label: str | None) -> dict[str, str]:
+    extras: dict[str, str] = {}
+    for name in names:
+        if name in (url, label):
+            continue
+        plan_name = f"input_{name}" if name in RESERVED_COLUMNS else name
+        while plan_name in extras or plan_name in RESERVED_COLUMNS:
+            plan_name = f"input_{plan_name}"
+        extras[plan_name] = name
+    return extras
+
+
+def _as_string(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.cast(pa.string())
+    if pa.types.is_dictionary(column.type):
+        return column.cast(pa.string())
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+
+
+def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
+    """Stream the input into the plan table, one row group per shard, and write its JSON last."""
+    output = Path(config.output)
+    names = table.column_names()
+    missing = [c for c in (config.url, config.label) if c is not None and c not in names]
+    if missing:
+        which = " and ".join(f"'{c}'" for c in missing)
+        raise FlowDCError(
+            f"column {which} not found in {table.path}; it has: {', '.join(names) or '(none)'}; "
+            f"set --url / --label to the right column names"
+        )
+    if config.output_format == "imagefolder" and config.label is None:
+        raise FlowDCError(
+            "imagefolder needs a label column to name its folders; give --label COLUMN or use "
+            "--output_format webdataset"
+        )
+    extras = _plan_columns(names, config.url, config.label)
+    shard_size = config.shard_size
+    key_width = len(str(shard_size - 1))
+
+    label_counts: dict[str, int] | None = {} if config.label else None
+    tmp_path = output / temp_name(PLAN_TABLE)
+    writer: pq.ParquetWriter | None = None
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    total = 0
+    shard = 0
+
+    def flush(rows: int) -> None:
+        nonlocal writer, pending, pending_rows, shard
+        chunk = pa.concat_tables(pending).combine_chunks()
+        head, rest = chunk.slice(0, rows), chunk.slice(rows)
+        local = pa.array(range(rows), pa.int32())
+        keys = pa.array([f"{shard:05d}{i:0{key_width}d}" for i in range(rows)], pa.string())
+        head = (
+            head.add_column(0, "key", keys)
+            .add_column(1, "shard", pa.repeat(pa.scalar(shard, pa.int32()), rows))
+            .add_column(2, "row", local)
+        )
+        if writer is None:
+            writer = pq.ParquetWriter(tmp_path, head.schema, compression="zstd")
+        writer.write_table(head, row_group_size=rows)
+        shard += 1
+        pending = [rest] if rest.num_rows else []
+        pending_rows = rest.num_rows
+
+    try:
+        for batch in table.batches():
+            if batch.num_rows == 0:
+                continue
+            columns = {"url": _as_string(batch.column(config.url))}
+            if config.label:
+                label_array = _as_string(batch.column(config.label))
+                columns["label"] = label_array
+                if label_counts is not None:
+                    for value in label_array.to_pylist():
+                        key = value or ""
+                        label_counts[key] = label_counts.get(key, 0) + 1
+                    if len(label_counts) > MAX_CATEGORICAL_LABELS:
+                        label_counts = None
+            for plan_name, input_name in extras.items():
+                columns[plan_name] = batch.column(input_name)
+            pending.append(pa.table(columns))
+            pending_rows += batch.num_rows
+            total += batch.num_rows
+            while pending_rows >= shard_size:
+                flush(shard_size)
+        if pending_rows:
+            flush(pending_rows)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp_path.unlink(missing_ok=True)
+        raise
+    if writer is None:
+        raise FlowDCError(f"{table.path} has no rows; nothing to download")
+    writer.close()
+
+    if config.output_format == "imagefolder" and label_counts is None:
+        raise FlowDCError(
+            f"the label column '{config.label}' has more than {MAX_CATEGORICAL_LABELS:,} distinct "
+            f"values, too many for one folder each; use --output_format webdataset"
+        )
+    labels = sorted(label_counts) if label_counts is not None else None
+    plan = Plan(
+        output=str(output),
+        input=str(table.path.resolve()),
+        input_format=table.format,
+        input_fingerprint=fingerprint(table.path),
+        url_column=config.url,
+        label_column=config.label,
+        shard_size=shard_size,
+        output_format=config.output_format,
+        total_rows=total,
+        shard_count=shard,
+        key_width=key_width,
+        extra_columns=extras,
+        labels=labels,
+        label_counts=[label_counts[label] for label in labels] if labels is not None else None,
+        label_folders=folder_names(labels)
+        if labels is not None and config.output_format == "imagefolder"
+        else None,
+    )
+    os.replace(tmp_path, plan.table_path)
+    if labels is not None:
+        write_labels_file(plan)
+    atomic_write_text(output / PLAN_META, plan.to_json())
+    return plan
+
+
+def write_labels_file(plan: Plan) -> None:
+    """labels.json: class index, label, count and (imagefolder) folder, for people and loaders."""
+    entries: list[dict[str, Any]] = []
+    for index, label in enumerate(plan.labels or []):
+        entry: dict[str, Any] = {"index": index, "label": label}
+        if plan.label_counts is not None:
+            entry["rows"] = plan.label_counts[index]
+        if plan.label_folders is not None:
+            entry["folder"] = plan.label_folders[label]
+        entries.append(entry)
+    atomic_write_text(
+        Path(plan.output) / LABELS_FILE, json.dumps(entries, ensure_ascii=False, indent=1)
+    )

@@ -1,0 +1,150 @@
+"""One download run: check the output, plan (or reuse the plan), run pending shards, finish."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flowdc.config import DownloadConfig
+from flowdc.engines.local import Progress, run_local
+from flowdc.errors import FlowDCError
+from flowdc.inputs import InputTable
+from flowdc.metadata.overview import append_run, build_overview, write_overview
+from flowdc.plan import Plan, check_plan_matches, make_plan
+from flowdc.shard import ShardResult, is_committed
+from flowdc.storage import OutputLock, check_output, clear_output
+
+Echo = Callable[[str], None]
+
+
+class Interrupted(FlowDCError):
+    """The user stopped the run (Ctrl-C); committed shards are kept."""
+
+
+@dataclass
+class RunSummary:
+    output: str
+    total_rows: int
+    shards_total: int
+    shards_run: int
+    shards_skipped: int
+    seconds: float
+    overview: dict[str, Any] = field(default_factory=dict)
+    shard_errors: dict[int, str] = field(default_factory=dict)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _shard_rows(plan: Plan, shard: int) -> int:
+    if shard < plan.shard_count - 1:
+        return plan.shard_size
+    return plan.total_rows - plan.shard_size * (plan.shard_count - 1)
+
+
+class _ProgressBar:
+    def __init__(self, total: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            unit="img",
+            disable=not enabled,
+            dynamic_ncols=True,
+            smoothing=0.1,
+            desc="download",
+        )
+        self.started = time.monotonic()
+
+    def update(self, progress: Progress) -> None:
+        done = progress.successes + progress.failures
+        self.bar.update(done - self.bar.n)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self.bar.set_postfix(
+            ok=progress.successes,
+            failed=progress.failures,
+            MBps=f"{progress.bytes / 1e6 / elapsed:.1f}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
+    """Run or resume the download that `config` describes."""
+    if config.croissant != "no_croissant":
+        echo(
+            f"note: croissant={config.croissant} is accepted but Croissant metadata is not "
+            f"written by this version yet"
+        )
+    table = InputTable(config.input, config.input_format)
+    output = Path(config.output)
+    check_output(output)
+    with OutputLock(output):
+        if config.overwrite:
+            clear_output(output, table.path)
+        plan = Plan.load(output)
+        if plan is not None:
+            check_plan_matches(plan, config, table)
+        else:
+            echo(f"planning {table.path} ...")
+            plan = make_plan(config, table)
+            echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
+        return _run_plan(plan, config, echo)
+
+
+def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
+    output = Path(plan.output)
+    pending = [s for s in range(plan.shard_count) if not is_committed(output, s)]
+    skipped = plan.shard_count - len(pending)
+    if skipped:
+        echo(f"resuming: {skipped} of {plan.shard_count} shard(s) already committed")
+    show_progress = config.progress if config.progress is not None else sys.stderr.isatty()
+    bar = _ProgressBar(sum(_shard_rows(plan, s) for s in pending), show_progress)
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = time.monotonic()
+    results: list[ShardResult] = []
+    interrupted = False
+    try:
+        outcome = run_local(plan, config, pending, bar.update, results.append)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        seconds = time.monotonic() - started
+        if pending:
+            append_run(
+                output,
+                {
+                    "started_at": started_at,
+                    "seconds": round(seconds, 3),
+                    "shards_run": len(results),
+                    "interrupted": interrupted,
+                },
+            )
+    if interrupted:
+        done = sum(1 for s in range(plan.shard_count) if is_committed(output, s))
+        raise Interrupted(
+            f"interrupted: {done} of {plan.shard_count} shard(s) are committed in {output}; run "
+            f"the same command again to resume"
+        )
+    overview = (
+        write_overview(plan, config) if config.create_overview else build_overview(plan, config)
+    )
+    return RunSummary(
+        output=str(output),
+        total_rows=plan.total_rows,
+        shards_total=plan.shard_count,
+        shards_run=len(outcome.results),
+        shards_skipped=skipped,
+        seconds=seconds,
+        overview=overview,
+        shard_errors=outcome.errors,
+    )

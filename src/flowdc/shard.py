@@ -1,0 +1,308 @@
+"""run_shard: the one unit of work, the same under every engine.
+
+Read the shard's rows from the plan, fetch each URL, check the image, write samples, then commit:
+samples first, the results table next, the stats file (the marker) last. A shard whose marker
+exists is done; running a shard again replaces everything an unfinished run left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flowdc import __version__
+from flowdc.config import DownloadConfig
+from flowdc.fetch.client import Fetcher, FetchResult, parse_url
+from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_image, to_png
+from flowdc.plan import Plan
+from flowdc.status import NOT_AN_IMAGE, SUCCESS
+from flowdc.storage import atomic_write_text, temp_name
+from flowdc.writers import SampleWriter, recover_shard
+from flowdc.writers.imagefolder import FolderShardWriter, drop_journal
+from flowdc.writers.webdataset import TarShardWriter
+
+ProgressCallback = Callable[[bool, int], None]
+
+RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("key", pa.string()),
+    ("shard", pa.int32()),
+    ("row", pa.int32()),
+    ("url", pa.string()),
+    ("label", pa.string()),
+    ("class_index", pa.int32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("http_status", pa.int16()),
+    ("attempts", pa.int16()),
+    ("bytes", pa.int64()),
+    ("sha256", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("format", pa.string()),
+    ("content_type", pa.string()),
+    ("path", pa.string()),
+    ("elapsed_seconds", pa.float32()),
+    ("host", pa.string()),
+    ("final_url", pa.string()),
+]
+
+
+def results_path(output: str | Path, shard: int) -> Path:
+    return Path(output) / f"{shard:05d}.parquet"
+
+
+def stats_path(output: str | Path, shard: int) -> Path:
+    return Path(output) / f"{shard:05d}_stats.json"
+
+
+def is_committed(output: str | Path, shard: int) -> bool:
+    return stats_path(output, shard).exists()
+
+
+@dataclass
+class ShardResult:
+    """The stats of one committed shard (also its marker file's content)."""
+
+    shard: int
+    rows: int
+    successes: int
+    failures: int
+    bytes: int
+    seconds: float
+    status_counts: dict[str, int] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    flowdc_version: str = __version__
+    skipped: bool = False
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("skipped")
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def load(cls, output: str | Path, shard: int) -> ShardResult:
+        data = json.loads(stats_path(output, shard).read_text(encoding="utf-8"))
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known, skipped=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _ShardRun:
+    def __init__(
+        self,
+        plan: Plan,
+        shard: int,
+        config: DownloadConfig,
+        fetcher: Fetcher,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.plan = plan
+        self.shard = shard
+        self.config = config
+        self.fetcher = fetcher
+        self.on_progress = on_progress
+        self.output = Path(plan.output)
+        self.class_index = plan.class_index() if plan.labels is not None else None
+        self.extra_names = list(plan.extra_columns)
+        self.records: list[dict[str, Any]] = []
+        self.writer: SampleWriter = (
+            FolderShardWriter(self.output, shard, plan.label_folders or {})
+            if plan.output_format == "imagefolder"
+            else TarShardWriter(self.output, shard)
+        )
+
+    async def run(self, rows: list[dict[str, Any]]) -> None:
+        pending = iter(rows)
+
+        async def worker() -> None:
+            for row in pending:
+                await self.process(row)
+
+        count = min(len(rows), self.fetcher.concurrency)
+        await asyncio.gather(*(worker() for _ in range(count)))
+
+    async def process(self, row: dict[str, Any]) -> None:
+        fetched = await self.fetcher.fetch(row["url"])
+        record = self._record(row, fetched)
+        if fetched.ok and fetched.data is not None:
+            self._store(row, fetched, record)
+        self.records.append(record)
+        if self.on_progress is not None:
+            self.on_progress(record["status"] == SUCCESS, record["bytes"] or 0)
+
+    def _record(self, row: dict[str, Any], fetched: FetchResult) -> dict[str, Any]:
+        label = row.get("label")
+        url = row["url"]
+        parsed = parse_url(url)
+        record: dict[str, Any] = {
+            "key": row["key"],
+            "shard": self.shard,
+            "row": row["row"],
+            "url": url,
+            "label": label,
+            "class_index": self.class_index.get(label or "") if self.class_index else None,
+            "status": fetched.status,
+            "error": fetched.error,
+            "http_status": fetched.http_status,
+            "attempts": fetched.attempts,
+            "bytes": None,
+            "sha256": None,
+            "width": None,
+            "height": None,
+            "format": None,
+            "content_type": fetched.content_type,
+            "path": None,
+            "elapsed_seconds": round(fetched.elapsed_seconds, 4),
+            "host": parsed.host if parsed is not None else None,
+            "final_url": fetched.final_url if fetched.final_url != url else None,
+        }
+        for name in self.extra_names:
+            record[name] = row.get(name)
+        return record
+
+    def _store(self, row: dict[str, Any], fetched: FetchResult, record: dict[str, Any]) -> None:
+        data = fetched.data or b""
+        try:
+            info = inspect_image(data)
+            extension = info.extension
+            if self.plan.output_format == "imagefolder" and extension not in TORCHVISION_EXTENSIONS:
+                data, extension = to_png(data), "png"
+        except ImageRejected as rejected:
+            record["status"] = rejected.status
+            record["error"] = rejected.message
+            record["bytes"] = len(data)
+            return
+        except Exception as exc:  # a conversion of a broken frame
+            record["status"] = NOT_AN_IMAGE
+            record["error"] = f"cannot convert image: {exc}"
+            return
+        record.update(
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            width=info.width,
+            height=info.height,
+            format=extension,
+        )
+        meta = {
+            name: record[name]
+            for name in (
+                "key",
+                "url",
+                "label",
+                "class_index",
+                "status",
+                "sha256",
+                "width",
+                "height",
+                "format",
+                "bytes",
+                "http_status",
+                "content_type",
+                "attempts",
+                "elapsed_seconds",
+                "final_url",
+            )
+        }
+        meta.update({name: row.get(name) for name in self.extra_names})
+        meta_json = json.dumps(meta, ensure_ascii=False, default=_json_default).encode("utf-8")
+        label = row.get("label")
+        record["path"] = self.writer.add(
+            row["key"],
+            extension,
+            data,
+            meta_json,
+            label if self.plan.label_column else None,
+            record["class_index"],
+        )
+
+    def results_table(self, extra_schema: pa.Schema) -> pa.Table:
+        self.records.sort(key=lambda record: record["row"])
+        schema = pa.schema(RESULT_FIELDS + [extra_schema.field(n) for n in self.extra_names])
+        return pa.Table.from_pylist(self.records, schema=schema)
+
+
+async def run_shard_async(
+    plan: Plan,
+    shard: int,
+    config: DownloadConfig,
+    fetcher: Fetcher,
+    on_progress: ProgressCallback | None = None,
+) -> ShardResult:
+    """Run one shard to its commit, or return its stats when it was committed already."""
+    output = Path(plan.output)
+    if is_committed(output, shard):
+        return ShardResult.load(output, shard)
+    started_at, started = _now(), time.monotonic()
+    recover_shard(output, shard)
+    table = plan.read_shard(shard)
+    run = _ShardRun(plan, shard, config, fetcher, on_progress)
+    try:
+        await run.run(table.to_pylist())
+        run.writer.commit()
+    except BaseException:
+        run.writer.abort()
+        raise
+    results = run.results_table(table.schema)
+    tmp = output / temp_name(results_path(output, shard).name)
+    pq.write_table(results, tmp, compression="zstd")
+    os.replace(tmp, results_path(output, shard))
+    statuses = results.column("status").to_pylist()
+    counts = Counter(statuses)
+    sizes = results.column("bytes").to_pylist()
+    successes = counts.get(SUCCESS, 0)
+    result = ShardResult(
+        shard=shard,
+        rows=results.num_rows,
+        successes=successes,
+        failures=results.num_rows - successes,
+        bytes=sum(
+            size or 0 for size, status in zip(sizes, statuses, strict=True) if status == SUCCESS
+        ),
+        seconds=round(time.monotonic() - started, 3),
+        status_counts=dict(counts),
+        started_at=started_at,
+        finished_at=_now(),
+    )
+    atomic_write_text(stats_path(output, shard), result.to_json())
+    drop_journal(output, shard)
+    return result
+
+
+def run_shard(output: str, shard: int, config: DownloadConfig) -> ShardResult:
+    """Synchronous entry point for engines that call one shard at a time (Dask, tests)."""
+    plan = Plan.load(output)
+    if plan is None:
+        raise FileNotFoundError(f"no plan in {output}")
+
+    async def main() -> ShardResult:
+        fetcher = Fetcher(config)
+        try:
+            return await run_shard_async(plan, shard, config, fetcher)
+        finally:
+            await fetcher.close()
+
+    return asyncio.run(main())

@@ -1,0 +1,10 @@
+"""The final status of a row in the results table: `success` or the class of its failure."""
+
+SUCCESS = "success"
+FAILED_TO_DOWNLOAD = "failed_to_download"
+NOT_AN_IMAGE = "not_an_image"
+TOO_LARGE = "too_large"
+INVALID_URL = "invalid_url"
+OPTED_OUT = "opted_out"
+
+ALL_STATUSES = (SUCCESS, FAILED_TO_DOWNLOAD, NOT_AN_IMAGE, TOO_LARGE, INVALID_URL, OPTED_OUT)

@@ -1,0 +1,245 @@
+"""A local image server that can misbehave on chosen paths: for the demo, the tests, benchmarks.
+
+It binds only to loopback addresses (127.0.0.x), runs its own event loop in a background thread
+and stops with the object. Paths:
+
+- /img/NAME                 the image NAME
+- /flaky/N/NAME             503 for the first N requests of this path, then the image
+- /status/CODE/NAME         that HTTP status, with a short text body
+- /reset/NAME               the connection is dropped before any response
+- /truncated/NAME           Content-Length of the image, then half the body and a closed socket
+- /slow/SECONDS/NAME        waits, then the image
+- /html/NAME                an HTML page with status 200
+- /empty/NAME               an empty body with status 200 and an image content type
+- /big/MEGABYTES            that many MiB of bytes, chunked (no Content-Length)
+- /bigcl/MEGABYTES          the same with a Content-Length
+- /redirect/N/NAME          N redirects, then the image
+- /redirect-loop/NAME       a redirect to itself
+- /redirect-file/NAME       a redirect to file:///etc/passwd
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterable
+
+from aiohttp import web
+
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+def make_image(
+    seed: int, width: int = 96, height: int = 72, fmt: str = "JPEG", mode: str = "RGB"
+) -> bytes:
+    """A deterministic picture: a colour gradient with a few shapes, distinct for each seed."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    base = tuple(rng.randrange(256) for _ in range(3))
+    image = Image.new("RGB", (width, height), base)
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        x1, y1 = (
+            x0 + rng.randrange(4, max(5, width // 2)),
+            y0 + rng.randrange(4, max(5, height // 2)),
+        )
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        draw.ellipse((x0, y0, x1, y1), fill=colour)
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=85) if fmt == "JPEG" else image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def mime_of(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return _MIME["PNG"]
+    if data[:4] == b"RIFF":
+        return _MIME["WEBP"]
+    if data[:3] == b"GIF":
+        return _MIME["GIF"]
+    return _MIME["JPEG"]
+
+
+class ImageServer:
+    """Serve `images` (name -> bytes) from every host in `hosts`, each on its own port."""
+
+    def __init__(self, images: dict[str, bytes], hosts: Iterable[str] = ("127.0.0.1",)) -> None:
+        self.images = images
+        self.hosts = list(hosts)
+        for host in self.hosts:
+            if not host.startswith("127."):
+                raise ValueError(f"test server binds to loopback only, not {host}")
+        self.hits: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.ports: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> ImageServer:
+        self._thread = threading.Thread(target=self._serve, name="flowdc-image-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("image server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        future.result(15)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(15)
+        self._loop = None
+
+    def __enter__(self) -> ImageServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def url(self, path: str, host: int = 0) -> str:
+        address = self.hosts[host]
+        return f"http://{address}:{self.ports[address]}/{path.lstrip('/')}"
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.hits.clear()
+            self.max_in_flight = 0
+
+    # -- server ------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._startup())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _startup(self) -> None:
+        app = web.Application(middlewares=[self._count])
+        app.router.add_get("/img/{name}", self._image)
+        app.router.add_get("/flaky/{times}/{name}", self._flaky)
+        app.router.add_get("/status/{code}/{name}", self._status)
+        app.router.add_get("/reset/{name}", self._reset)
+        app.router.add_get("/truncated/{name}", self._truncated)
+        app.router.add_get("/slow/{seconds}/{name}", self._slow)
+        app.router.add_get("/html/{name}", self._html)
+        app.router.add_get("/empty/{name}", self._empty)
+        app.router.add_get("/big/{mib}", self._big)
+        app.router.add_get("/bigcl/{mib}", self._big_with_length)
+        app.router.add_get("/redirect/{n}/{name}", self._redirect)
+        app.router.add_get("/redirect-loop/{name}", self._redirect_loop)
+        app.router.add_get("/redirect-file/{name}", self._redirect_file)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        for host in self.hosts:
+            site = web.TCPSite(self._runner, host, 0, backlog=1024)
+            await site.start()
+            self.ports[host] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        with self._lock:
+            self.hits[request.path] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await handler(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _image_response(self, name: str) -> web.Response:
+        data = self.images.get(name)
+        if data is None:
+            return web.Response(status=404, text="no such image")
+        return web.Response(body=data, content_type=mime_of(data))
+
+    async def _image(self, request: web.Request) -> web.StreamResponse:
+        return self._image_response(request.match_info["name"])
+
+    async def _flaky(self, request: web.Request) -> web.StreamResponse:
+        if self.hits[request.path] <= int(request.match_info["times"]):
+            return web.Response(status=503, text="try again", headers={"Retry-After": "0"})
+        return self._image_response(request.match_info["name"])
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=int(request.match_info["code"]), text="status page")
+
+    async def _reset(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.abort()
+        await asyncio.sleep(0.05)
+        return web.Response(status=500)
+
+    async def _truncated(self, request: web.Request) -> web.StreamResponse:
+        data = self.images.get(request.match_info["name"], b"")
+        response = web.StreamResponse(headers={"Content-Type": mime_of(data)})
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    async def _slow(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(float(request.match_info["seconds"]))
+        return self._image_response(request.match_info["name"])
+
+    async def _html(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text="<html><body><h1>Not an image</h1></body></html>", content_type="text/html"
+        )
+
+    async def _empty(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"", content_type="image/jpeg")
+
+    async def _big(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b"\xff" * (1 << 16)
+        for _ in range(int(request.match_info["mib"]) * 16):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def _big_with_length(self, request: web.Request) -> web.StreamResponse:
+        size = int(request.match_info["mib"]) << 20
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.content_length = size
+        await response.prepare(request)
+        chunk = b"\xff" * (1 << 16)
+        for _ in range(size >> 16):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def _redirect(self, request: web.Request) -> web.StreamResponse:
+        remaining = int(request.match_info["n"])
+        name = request.match_info["name"]
+        target = f"/redirect/{remaining - 1}/{name}" if remaining > 1 else f"/img/{name}"
+        raise web.HTTPFound(target)
+
+    async def _redirect_loop(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(request.path)
+
+    async def _redirect_file(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("file:///etc/passwd")

@@ -1,0 +1,36 @@
+"""Sample writers: WebDataset tar shards and ImageFolder class folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+
+class SampleWriter(Protocol):
+    def add(
+        self,
+        key: str,
+        extension: str,
+        data: bytes,
+        meta_json: bytes,
+        label: str | None,
+        class_index: int | None,
+    ) -> str:
+        """Write one sample; return where it went (tar member or path relative to the output)."""
+
+    def commit(self) -> None:
+        """Make the shard's samples final (called before the results and the marker)."""
+
+    def abort(self) -> None:
+        """Drop what was written (the shard will run again)."""
+
+
+def recover_shard(output: Path, shard: int) -> None:
+    """Remove what a killed run of this shard left behind, so a rerun starts clean."""
+    from flowdc.storage import TEMP_MARK
+    from flowdc.writers.imagefolder import undo_journal
+
+    prefix = f".{shard:05d}"
+    for leftover in output.glob(f"{prefix}*{TEMP_MARK}*"):
+        leftover.unlink(missing_ok=True)
+    undo_journal(output, shard)
