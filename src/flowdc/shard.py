@@ -235,7 +235,7 @@ class _ShardRun:
             extension,
             data,
             meta_json,
-            label if self.plan.label_column else None,
+            (label or "") if self.plan.label_column else None,
             record["class_index"],
         )
 

@@ -1,0 +1,197 @@
+"""Images/s and peak memory of a whole `flowdc download` run against nginx on loopback.
+
+    .venv/bin/python benchmarks/core_run.py [--urls 20000] [--repeat 3]
+
+Serves a pool of generated JPEGs (median about 100 KB) with nginx from 127.0.0.1-4 (installs
+nginx from Debian's packages when missing), writes a URL list that cycles through the pool, then
+runs, in alternation, `flowdc download` (webdataset, no rate limiting) and a bare aiohttp loop
+that fetches and discards (the ceiling for a Python client). Prints medians: images/s, MB/s,
+CPU seconds per 1,000 images, and peak memory (summed RSS of the run's process tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+BARE_LOOP = textwrap.dedent(
+    """
+    import asyncio, sys, aiohttp, pyarrow.parquet as pq
+    urls = pq.read_table(sys.argv[1]).column("url").to_pylist()
+    async def main():
+        sem = asyncio.Semaphore(int(sys.argv[2]))
+        total = 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            async def one(u):
+                nonlocal total
+                async with sem, s.get(u) as r:
+                    total += len(await r.read())
+            await asyncio.gather(*(one(u) for u in urls))
+        print(total)
+    asyncio.run(main())
+    """
+)
+
+
+def make_pool(folder: Path, count: int, seed: int = 7) -> list[int]:
+    """JPEGs of noise plus gradient, sized so the median is about 100 KB (20-500 KB)."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    sizes = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        side = int(min(1100, max(150, rng.lognormvariate(6.35, 0.45))))
+        image = Image.effect_noise((side, int(side * 0.75)), 40).convert("RGB")
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=80)
+        (folder / f"{index}.jpg").write_bytes(buffer.getvalue())
+        sizes.append(len(buffer.getvalue()))
+    return sizes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_nginx(root: Path, work: Path, port: int) -> subprocess.Popen:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True)
+    listens = "\n".join(f"listen {host}:{port};" for host in HOSTS)
+    conf = work / "nginx.conf"
+    conf.write_text(textwrap.dedent(f"""
+        worker_processes 1;
+        daemon off;
+        pid {work}/nginx.pid;
+        error_log {work}/error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            sendfile on;
+            keepalive_requests 100000;
+            types {{ image/jpeg jpg; }}
+            server {{ {listens} root {root}; }}
+        }}
+    """))
+    process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(work)],
+                               start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((HOSTS[0], port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("nginx did not start")
+
+
+def _tree_rss(session_id: int) -> tuple[int, float]:
+    """Summed RSS (bytes) and CPU seconds of every process in a session."""
+    rss, cpu = 0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[3]) != session_id:  # field 6 (session) after the comm field
+            continue
+        rss += int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+        cpu += (int(stat[11]) + int(stat[12])) / tick
+    return rss, cpu
+
+
+def measure(command: list[str]) -> dict[str, float]:
+    """Run a command in its own session; sample the tree's memory; time it; CPU via rusage."""
+    started = time.monotonic()
+    before = os.times()
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    peak = 0
+    while process.poll() is None:
+        rss, _ = _tree_rss(process.pid)
+        peak = max(peak, rss)
+        time.sleep(0.05)
+    seconds = time.monotonic() - started
+    after = os.times()
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed: {process.stderr.read().decode()[-2000:]}")
+    cpu = (after.children_user - before.children_user) + (after.children_system
+                                                         - before.children_system)
+    return {"seconds": seconds, "peak_mb": peak / 1e6, "cpu": cpu}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--urls", type=int, default=20_000)
+    parser.add_argument("--pool", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="flowdc-bench-"))
+    nginx = None
+    try:
+        sizes = make_pool(work / "www", args.pool)
+        port = free_port()
+        nginx = start_nginx(work / "www", work, port)
+        urls = [f"http://{HOSTS[i % len(HOSTS)]}:{port}/{i % args.pool}.jpg"
+                for i in range(args.urls)]
+        table = pa.table({"url": urls, "label": [f"class_{i % 10}" for i in range(args.urls)]})
+        pq.write_table(table, work / "urls.parquet")
+        mean_kb = statistics.mean(sizes[i % args.pool] for i in range(args.urls)) / 1e3
+        print(f"{args.urls:,} URLs, pool of {args.pool} JPEGs, median "
+              f"{statistics.median(sizes) / 1e3:.0f} KB, mean per URL {mean_kb:.0f} KB, "
+              f"{os.cpu_count()} cores")
+        flowdc = [sys.executable, "-m", "flowdc", "download", "--input", str(work / "urls.parquet"),
+                  "--label", "label", "--no-enable_rate_limiting", "--no-progress",
+                  "--concurrent_downloads", str(args.concurrency), "--shard_size", "10000"]
+        bare = [sys.executable, "-c", BARE_LOOP, str(work / "urls.parquet"), str(args.concurrency)]
+        runs: dict[str, list[dict[str, float]]] = {"flowdc": [], "bare aiohttp": []}
+        for attempt in range(args.repeat):
+            out = work / f"out{attempt}"
+            runs["flowdc"].append(measure([*flowdc, "--output", str(out)]))
+            shutil.rmtree(out)
+            runs["bare aiohttp"].append(measure(bare))
+        total_mb = sum(sizes[i % args.pool] for i in range(args.urls)) / 1e6
+        print(f"\n{'client':<14}{'images/s':>10}{'MB/s':>8}{'CPU s/1k':>10}{'peak MB':>9}")
+        medians = {}
+        for name, samples in runs.items():
+            seconds = statistics.median(s["seconds"] for s in samples)
+            cpu = statistics.median(s["cpu"] for s in samples)
+            peak = statistics.median(s["peak_mb"] for s in samples)
+            medians[name] = args.urls / seconds
+            print(f"{name:<14}{args.urls / seconds:>10.0f}{total_mb / seconds:>8.0f}"
+                  f"{cpu / args.urls * 1000:>10.2f}{peak:>9.0f}")
+        print(f"\nflowdc / bare aiohttp images/s: {medians['flowdc'] / medians['bare aiohttp']:.2f}")
+    finally:
+        if nginx is not None:
+            os.killpg(nginx.pid, signal.SIGTERM)
+            nginx.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real image server on 127.0.0.1 and 127.0.0.2, and generated images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowdc.testserver import ImageServer, make_image
+
+IMAGE_COUNT = 60
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, bytes]:
+    """JPEGs 0.jpg .. 59.jpg, plus a PNG, a GIF, a CMYK JPEG and a bigger JPEG."""
+    made = {f"{i}.jpg": make_image(i, 64 + i % 7 * 8, 48 + i % 5 * 8) for i in range(IMAGE_COUNT)}
+    made["pic.png"] = make_image(1000, 50, 40, fmt="PNG")
+    made["anim.gif"] = make_image(1001, 40, 30, fmt="GIF")
+    made["cmyk.jpg"] = make_image(1002, 40, 30, fmt="JPEG", mode="CMYK")
+    made["large.jpg"] = make_image(1003, 800, 600)
+    return made
+
+
+@pytest.fixture(scope="session")
+def server(images: dict[str, bytes]) -> Iterator[ImageServer]:
+    with ImageServer(images, hosts=("127.0.0.1", "127.0.0.2")) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_server(server: ImageServer) -> ImageServer:
+    """The shared server with its hit counters reset (per-path counts, max in flight)."""
+    server.reset_counters()
+    return server
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m flowdc ARGS` as a user would; returns the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "flowdc", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
