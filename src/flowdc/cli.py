@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser(
         "download",
         help="download a URL table into a dataset (resumes when run again)",
+        usage="flowdc download [--config FILE] --input FILE --output DIR [options]",
         description="Download the images of a URL table into a WebDataset or ImageFolder dataset."
         " Every option can also be a key of the --config JSON file; options may be written "
         "--with_underscores or --with-dashes.",

@@ -13,14 +13,15 @@ import unicodedata
 MAX_NAME_BYTES = 200  # below the 255-byte limit of common filesystems, room left for suffixes
 EMPTY_LABEL_FOLDER = "_empty_label"
 
-_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"/\\|?*]')
 _WINDOWS_RESERVED = {
     "con",
     "prn",
     "aux",
     "nul",
-    *(f"com{i}" for i in range(1, 10)),
-    *(f"lpt{i}" for i in range(1, 10)),
+    "conin$",
+    "conout$",
+    *(f"{port}{digit}" for port in ("com", "lpt") for digit in "123456789\u00b9\u00b2\u00b3"),
 }
 
 
@@ -44,7 +45,7 @@ def clean_name(label: str) -> str:
     name = name.lstrip(".")
     if name.startswith("__"):
         name = "_" + name.lstrip("_")
-    if name.split(".")[0].lower() in _WINDOWS_RESERVED:
+    if name.split(".")[0].rstrip(" ").lower() in _WINDOWS_RESERVED:
         name = "_" + name
     return _truncate_utf8(name, MAX_NAME_BYTES)
 
@@ -58,7 +59,7 @@ def folder_names(labels: list[str]) -> dict[str, str]:
     mapping: dict[str, str] = {}
     taken: set[str] = set()
     # Labels that are safe as they are claim their own names first, so they never change.
-    ordered = sorted(labels, key=lambda label: (not is_safe_as_is(label), label))
+    ordered = sorted(set(labels), key=lambda label: (not is_safe_as_is(label), label))
     for label in ordered:
         if not label:
             candidate = EMPTY_LABEL_FOLDER

@@ -124,6 +124,9 @@ class Fetcher:
             max_line_size=16384,
             max_field_size=16384,
         )
+        # aiohttp silently resends an idempotent request once on a dropped connection; that
+        # would bypass max_retry_attempts and the rate limiter, so retries stay ours alone.
+        self.session._retry_connection = False
 
     async def close(self) -> None:
         await self.session.close()
