@@ -160,7 +160,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON config file into normalized keys, with one-line errors for every failure."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise FlowDCError(f"config file not found: {file}; check the --config path") from None
     except (OSError, UnicodeDecodeError) as exc:

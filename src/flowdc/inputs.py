@@ -201,7 +201,13 @@ class InputTable:
         read_options = pacsv.ReadOptions(
             column_names=names, skip_rows=1, block_size=1 << 22, encoding="utf8"
         )
-        parse_options = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+        # TSV has no quoting (GBIF's files hold bare quotes in text); CSV does.
+        quoting = self.format != "tsv" and delimiter != "\t"
+        parse_options = pacsv.ParseOptions(
+            delimiter=delimiter,
+            quote_char='"' if quoting else False,
+            newlines_in_values=quoting,
+        )
         convert_options = pacsv.ConvertOptions(
             column_types={name: pa.string() for name in names},
             strings_can_be_null=False,
@@ -376,6 +382,10 @@ def _xls_value(cell: Any, datemode: int) -> Any:
         return xlrd.xldate_as_datetime(cell.value, datemode)
     if cell.ctype in (xlrd.XL_CELL_EMPTY, xlrd.XL_CELL_BLANK):
         return None
+    if cell.ctype == xlrd.XL_CELL_BOOLEAN:
+        return bool(cell.value)
+    if cell.ctype == xlrd.XL_CELL_ERROR:
+        return xlrd.error_text_from_code.get(cell.value, "#ERROR")
     return cell.value
 
 

@@ -163,9 +163,8 @@ def _as_string(column: pa.ChunkedArray | pa.Array) -> pa.Array:
         return pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
 
 
-def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
-    """Stream the input into the plan table, one row group per shard, and write its JSON last."""
-    output = Path(config.output)
+def check_columns(config: DownloadConfig, table: InputTable) -> None:
+    """Fail early, before anything is written, when the named columns are not in the input."""
     names = table.column_names()
     missing = [c for c in (config.url, config.label) if c is not None and c not in names]
     if missing:
@@ -179,6 +178,13 @@ def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
             "imagefolder needs a label column to name its folders; give --label COLUMN or use "
             "--output_format webdataset"
         )
+
+
+def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
+    """Stream the input into the plan table, one row group per shard, and write its JSON last."""
+    output = Path(config.output)
+    check_columns(config, table)
+    names = table.column_names()
     extras = _plan_columns(names, config.url, config.label)
     shard_size = config.shard_size
     key_width = len(str(shard_size - 1))

@@ -15,7 +15,7 @@ from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.metadata.overview import append_run, build_overview, write_overview
-from flowdc.plan import Plan, check_plan_matches, make_plan
+from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan
 from flowdc.shard import ShardResult, is_committed
 from flowdc.storage import OutputLock, check_output, clear_output
 
@@ -85,6 +85,7 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
             f"written by this version yet"
         )
     table = InputTable(config.input, config.input_format)
+    check_columns(config, table)
     output = Path(config.output)
     check_output(output)
     with OutputLock(output):
