@@ -1,18 +1,24 @@
 """Images/s and peak memory of a whole `flowdc download` run against nginx on loopback.
 
     .venv/bin/python benchmarks/core_run.py [--urls 20000] [--repeat 3]
+    .venv/bin/python benchmarks/core_run.py --from-list ../shared/data/spider100_urls_10gb.parquet \
+        --url-column photo_url --label-column taxon_name --repeat 1
 
 Serves a pool of generated JPEGs (median about 100 KB) with nginx from 127.0.0.1-4 (installs
 nginx from Debian's packages when missing), writes a URL list that cycles through the pool, then
 runs, in alternation, `flowdc download` (webdataset, no rate limiting) and a bare aiohttp loop
 that fetches and discards (the ceiling for a Python client). Prints medians: images/s, MB/s,
 CPU seconds per 1,000 images, and peak memory (summed RSS of the run's process tree).
+
+With --from-list, a real URL list is replayed instead: hosts are rewritten to 127.0.0.1-4 and
+paths kept; nginx answers every path with the pool image named by the path's last two digits.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
 import shutil
@@ -67,6 +73,20 @@ def make_pool(folder: Path, count: int, seed: int = 7) -> list[int]:
     return sizes
 
 
+def real_list(path: Path, url_column: str, label_column: str, port: int) -> pa.Table:
+    """The list with each URL's host replaced by one of HOSTS (by the original host) and port."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    table = pq.read_table(path)
+    urls = []
+    for url in table.column(url_column).to_pylist():
+        parts = urlsplit(url)
+        host = HOSTS[hash(parts.netloc) % len(HOSTS)]
+        urls.append(urlunsplit(("http", f"{host}:{port}", parts.path, parts.query, "")))
+    labels = table.column(label_column).cast(pa.string())
+    return pa.table({"url": urls, "label": labels})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -78,7 +98,8 @@ def start_nginx(root: Path, work: Path, port: int) -> subprocess.Popen:
         subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True)
     listens = "\n".join(f"listen {host}:{port};" for host in HOSTS)
     conf = work / "nginx.conf"
-    conf.write_text(textwrap.dedent(f"""
+    conf.write_text(
+        textwrap.dedent(f"""
         worker_processes 1;
         daemon off;
         pid {work}/nginx.pid;
@@ -89,11 +110,18 @@ def start_nginx(root: Path, work: Path, port: int) -> subprocess.Popen:
             sendfile on;
             keepalive_requests 100000;
             types {{ image/jpeg jpg; }}
-            server {{ {listens} root {root}; }}
+            map $uri $pick {{ "~(\\d\\d)\\D*$" $1; default 0; }}
+            server {{
+                {listens}
+                root {root};
+                location / {{ try_files $uri /$pick.jpg =404; }}
+            }}
         }}
-    """))
-    process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(work)],
-                               start_new_session=True)
+    """)
+    )
+    process = subprocess.Popen(
+        ["/usr/sbin/nginx", "-c", str(conf), "-p", str(work)], start_new_session=True
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -126,8 +154,9 @@ def measure(command: list[str]) -> dict[str, float]:
     """Run a command in its own session; sample the tree's memory; time it; CPU via rusage."""
     started = time.monotonic()
     before = os.times()
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     peak = 0
     while process.poll() is None:
         rss, _ = _tree_rss(process.pid)
@@ -137,8 +166,9 @@ def measure(command: list[str]) -> dict[str, float]:
     after = os.times()
     if process.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed: {process.stderr.read().decode()[-2000:]}")
-    cpu = (after.children_user - before.children_user) + (after.children_system
-                                                         - before.children_system)
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
     return {"seconds": seconds, "peak_mb": peak / 1e6, "cpu": cpu}
 
 
@@ -148,7 +178,12 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--from-list", help="replay a real URL list (parquet), hosts rewritten")
+    parser.add_argument("--url-column", default="url")
+    parser.add_argument("--label-column", default="label")
     args = parser.parse_args()
+    if args.from_list:
+        args.pool = 100
 
     work = Path(tempfile.mkdtemp(prefix="flowdc-bench-"))
     nginx = None
@@ -156,25 +191,50 @@ def main() -> int:
         sizes = make_pool(work / "www", args.pool)
         port = free_port()
         nginx = start_nginx(work / "www", work, port)
-        urls = [f"http://{HOSTS[i % len(HOSTS)]}:{port}/{i % args.pool}.jpg"
-                for i in range(args.urls)]
-        table = pa.table({"url": urls, "label": [f"class_{i % 10}" for i in range(args.urls)]})
+        if args.from_list:
+            table = real_list(Path(args.from_list), args.url_column, args.label_column, port)
+            args.urls = table.num_rows
+        else:
+            urls = [
+                f"http://{HOSTS[i % len(HOSTS)]}:{port}/{i % args.pool}.jpg"
+                for i in range(args.urls)
+            ]
+            labels = [f"class_{i % 10}" for i in range(args.urls)]
+            table = pa.table({"url": urls, "label": labels})
         pq.write_table(table, work / "urls.parquet")
-        mean_kb = statistics.mean(sizes[i % args.pool] for i in range(args.urls)) / 1e3
-        print(f"{args.urls:,} URLs, pool of {args.pool} JPEGs, median "
-              f"{statistics.median(sizes) / 1e3:.0f} KB, mean per URL {mean_kb:.0f} KB, "
-              f"{os.cpu_count()} cores")
-        flowdc = [sys.executable, "-m", "flowdc", "download", "--input", str(work / "urls.parquet"),
-                  "--label", "label", "--no-enable_rate_limiting", "--no-progress",
-                  "--concurrent_downloads", str(args.concurrency), "--shard_size", "10000"]
+        mean_kb = statistics.mean(sizes) / 1e3
+        print(
+            f"{args.urls:,} URLs, pool of {args.pool} JPEGs, median "
+            f"{statistics.median(sizes) / 1e3:.0f} KB, mean per URL {mean_kb:.0f} KB, "
+            f"{os.cpu_count()} cores"
+        )
+        flowdc = [
+            sys.executable,
+            "-m",
+            "flowdc",
+            "download",
+            "--input",
+            str(work / "urls.parquet"),
+            "--label",
+            "label",
+            "--no-enable_rate_limiting",
+            "--no-progress",
+            "--concurrent_downloads",
+            str(args.concurrency),
+            "--shard_size",
+            "10000",
+        ]
         bare = [sys.executable, "-c", BARE_LOOP, str(work / "urls.parquet"), str(args.concurrency)]
         runs: dict[str, list[dict[str, float]]] = {"flowdc": [], "bare aiohttp": []}
         for attempt in range(args.repeat):
             out = work / f"out{attempt}"
             runs["flowdc"].append(measure([*flowdc, "--output", str(out)]))
+            summary = json.loads((out / "overview.json").read_text())["download_summary"]
+            if summary["successful"] != args.urls:
+                raise RuntimeError(f"flowdc downloaded {summary['successful']} of {args.urls}")
             shutil.rmtree(out)
             runs["bare aiohttp"].append(measure(bare))
-        total_mb = sum(sizes[i % args.pool] for i in range(args.urls)) / 1e6
+        total_mb = mean_kb * args.urls / 1e3
         print(f"\n{'client':<14}{'images/s':>10}{'MB/s':>8}{'CPU s/1k':>10}{'peak MB':>9}")
         medians = {}
         for name, samples in runs.items():
@@ -182,9 +242,13 @@ def main() -> int:
             cpu = statistics.median(s["cpu"] for s in samples)
             peak = statistics.median(s["peak_mb"] for s in samples)
             medians[name] = args.urls / seconds
-            print(f"{name:<14}{args.urls / seconds:>10.0f}{total_mb / seconds:>8.0f}"
-                  f"{cpu / args.urls * 1000:>10.2f}{peak:>9.0f}")
-        print(f"\nflowdc / bare aiohttp images/s: {medians['flowdc'] / medians['bare aiohttp']:.2f}")
+            print(
+                f"{name:<14}{args.urls / seconds:>10.0f}{total_mb / seconds:>8.0f}"
+                f"{cpu / args.urls * 1000:>10.2f}{peak:>9.0f}"
+            )
+        print(
+            f"\nflowdc / bare aiohttp images/s: {medians['flowdc'] / medians['bare aiohttp']:.2f}"
+        )
     finally:
         if nginx is not None:
             os.killpg(nginx.pid, signal.SIGTERM)

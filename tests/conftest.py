@@ -39,11 +39,15 @@ def fresh_server(server: ImageServer) -> ImageServer:
     return server
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m flowdc ARGS` as a user would; returns the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "flowdc", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -209,3 +210,23 @@ def test_all_windows_device_names_are_reserved(label: str) -> None:
     }
     name = folder_names([label])[label]
     assert name.partition(".")[0].rstrip(" ").upper() not in reserved, repr(name)
+
+
+@pytest.mark.parametrize("label", ["train", "test tube", "dev", "val 2", "my-eval", "Training_set"])
+def test_split_keywords_never_stay_words_of_a_folder_name(label: str) -> None:
+    """Hugging Face datasets would read such a folder as a split and drop the other classes."""
+    keywords = {
+        "train",
+        "training",
+        "validation",
+        "valid",
+        "dev",
+        "val",
+        "test",
+        "testing",
+        "eval",
+        "evaluation",
+    }
+    folder = folder_names([label, "cat"])[label]
+    words = set(re.split(r"[-._ 0-9]+", folder))
+    assert not words & keywords, folder

@@ -25,6 +25,28 @@ _WINDOWS_RESERVED = {
 }
 
 
+# Hugging Face `datasets` reads a folder as a split when a word of its name (split on these
+# characters) is a split keyword, case-sensitively; such words get a capital first letter.
+_SPLIT_WORD_SEPARATORS = re.compile(r"([-._ 0-9]+)")
+_SPLIT_KEYWORDS = {
+    "train",
+    "training",
+    "validation",
+    "valid",
+    "dev",
+    "val",
+    "test",
+    "testing",
+    "eval",
+    "evaluation",
+}
+
+
+def _split_keywords_capitalized(name: str) -> str:
+    pieces = _SPLIT_WORD_SEPARATORS.split(name)
+    return "".join(p.capitalize() if p in _SPLIT_KEYWORDS else p for p in pieces)
+
+
 def _short_hash(label: str) -> str:
     return hashlib.sha256(label.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
@@ -45,6 +67,7 @@ def clean_name(label: str) -> str:
     name = name.lstrip(".")
     if name.startswith("__"):
         name = "_" + name.lstrip("_")
+    name = _split_keywords_capitalized(name)
     if name.split(".")[0].rstrip(" ").lower() in _WINDOWS_RESERVED:
         name = "_" + name
     return _truncate_utf8(name, MAX_NAME_BYTES)

@@ -197,6 +197,10 @@ class Fetcher:
                 ) from None
             except aiohttp.InvalidURL as exc:
                 raise _Failure(INVALID_URL, f"invalid URL: {_brief(exc)}", False) from None
+            except aiohttp.ClientSSLError as exc:
+                # a certificate or TLS failure does not heal by asking again
+                message = f"TLS error: {_brief(exc)}"
+                raise _Failure(FAILED_TO_DOWNLOAD, message, False) from None
             except aiohttp.ClientResponseError as exc:
                 raise _Failure(
                     FAILED_TO_DOWNLOAD,

@@ -30,7 +30,8 @@ def recover_shard(output: Path, shard: int) -> None:
     from flowdc.storage import TEMP_MARK
     from flowdc.writers.imagefolder import undo_journal
 
-    prefix = f".{shard:05d}"
-    for leftover in output.glob(f"{prefix}*{TEMP_MARK}*"):
-        leftover.unlink(missing_ok=True)
+    # ".00042." and ".00042_" so that shard 10000 never matches shard 100000's files
+    for prefix in (f".{shard:05d}.", f".{shard:05d}_"):
+        for leftover in output.glob(f"{prefix}*{TEMP_MARK}*"):
+            leftover.unlink(missing_ok=True)
     undo_journal(output, shard)
