@@ -6,6 +6,7 @@ missing is null), so a column never changes type half way through a ten-million-
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -117,7 +118,7 @@ class InputTable:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Yield record batches of at most BATCH_ROWS rows with every column of the file."""
-        try:
+        with self._read_errors():
             if self.format == "parquet":
                 yield from self._parquet_batches()
             elif self.format in ("csv", "tsv") or (self.format == "txt" and self._txt_delimiter()):
@@ -125,6 +126,12 @@ class InputTable:
             else:
                 schema = pa.schema([(name, pa.string()) for name in self.column_names()])
                 yield from _rows_to_batches(self._dict_rows(), schema)
+
+    @contextlib.contextmanager
+    def _read_errors(self) -> Iterator[None]:
+        """Turn the many ways a broken file fails into one line naming the file."""
+        try:
+            yield
         except FlowDCError:
             raise
         except (pa.ArrowException, OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
@@ -135,7 +142,7 @@ class InputTable:
 
     # -- columns ------------------------------------------------------------------------------
     def _read_columns(self) -> list[str]:
-        try:
+        with self._read_errors():
             if self.format == "parquet":
                 return list(pq.ParquetFile(self.path).schema_arrow.names)
             if self.format in ("csv", "tsv"):
@@ -152,13 +159,6 @@ class InputTable:
                 for key in row:
                     seen.setdefault(key, None)
             return list(seen)
-        except FlowDCError:
-            raise
-        except (pa.ArrowException, OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
-            raise FlowDCError(
-                f"cannot read {self.path} as {self.format}: {_one_line(exc)}; check the file "
-                f"or set --input_format"
-            ) from None
 
     # -- text helpers -------------------------------------------------------------------------
     def _open_text(self) -> IO[str]:
@@ -190,7 +190,8 @@ class InputTable:
 
     def _csv_header(self, delimiter: str) -> list[str]:
         with self._open_text() as text:
-            header = next(csv.reader(text, delimiter=delimiter), None)
+            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+            header = next(csv.reader(text, delimiter=delimiter, quoting=quoting), None)
         if not header:
             raise FlowDCError(f"{self.path} is empty: it needs a header row naming its columns")
         return [name.strip() for name in header]
