@@ -33,6 +33,12 @@ TORCHVISION_EXTENSIONS = frozenset(
 )
 
 
+# A JPEG ends with EOI, a PNG with its IEND chunk; a file cut short has neither, and would load
+# nowhere. Only the last bytes are searched (some files carry padding after the marker).
+_END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
+_END_WINDOW = 4096
+
+
 class ImageRejected(Exception):
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
@@ -70,6 +76,8 @@ def inspect_image(data: bytes) -> ImageInfo:
         ) from None
     if width <= 0 or height <= 0:
         raise ImageRejected(NOT_AN_IMAGE, f"image has no pixels ({width}x{height})")
+    if _END_MARKERS.get(fmt, b"") not in data[-_END_WINDOW:]:
+        raise ImageRejected(NOT_AN_IMAGE, f"truncated {fmt} image (no end marker)")
     return ImageInfo(fmt, _EXTENSION.get(fmt, fmt.lower()), width, height, mode)
 
 
