@@ -560,12 +560,19 @@ def test_imagefolder_hostile_labels(
     assert_ok(done)
     by_key = check_results(output, rows, IF_SHARD)
     ok = successes(by_key)
-    assert len(ok) == len(rows) - 1
+    unlabeled = [key for key, row in by_key.items() if not row["label"]]
+    assert len(unlabeled) == 3
+    assert all(by_key[key]["status"] == "missing_label" for key in unlabeled)
+    assert len(ok) == len(rows) - 1 - len(unlabeled)
 
     # labels.json maps every label to its own safe folder
     entries = json.loads((output / "labels.json").read_text(encoding="utf-8"))
     folder_of = {entry["label"]: entry["folder"] for entry in entries}
-    assert set(folder_of) == {*HOSTILE_LABELS, "animated", "only_failures"}
+    assert set(folder_of) == {*HOSTILE_LABELS, "animated", "only_failures"} - {""}
+    # its class indices are the loaders': folders that hold images, in sorted order
+    indexed = sorted((e for e in entries if e["index"] is not None), key=lambda e: e["index"])
+    assert [e["folder"] for e in indexed] == sorted(e["folder"] for e in entries if e["images"])
+    assert next(e for e in entries if e["label"] == "only_failures")["index"] is None
     folders = list(folder_of.values())
     assert len({f.casefold() for f in folders}) == len(folders), folders
     for label, folder in folder_of.items():

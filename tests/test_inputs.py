@@ -19,7 +19,7 @@ import pytest
 from flowdc.config import DownloadConfig, build_config
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
-from flowdc.plan import LABELS_FILE, PLAN_META, PLAN_TABLE, Plan, make_plan
+from flowdc.plan import LABELS_FILE, PLAN_META, PLAN_TABLE, Plan, make_plan, write_labels_file
 
 HOST = "http://127.0.0.1:9"  # nothing listens on port 9; no test here downloads anything
 DEAD = f"{HOST}/img"
@@ -932,7 +932,8 @@ def test_rows_with_empty_or_invalid_urls_are_kept(tmp_path: Path) -> None:
         "  ",
         f"{DEAD}/5.jpg",
     ]
-    assert plan.labels == ["", "a", "b", "c"]
+    assert plan.labels == ["a", "b", "c"]  # a blank label is no label, not a class
+    assert plan.unlabeled_rows >= 1
 
 
 def test_null_urls_in_json_and_parquet_are_kept(tmp_path: Path) -> None:
@@ -949,8 +950,9 @@ def test_null_urls_in_json_and_parquet_are_kept(tmp_path: Path) -> None:
         {"url": None, "label": "b"},
         {"url": "u", "label": None},
     ]
-    assert plan.labels == ["", "a", "b"]  # a missing label counts as the empty label
-    assert plan.label_counts == [1, 1, 1]
+    assert plan.labels == ["a", "b"]  # a missing label is no class
+    assert plan.unlabeled_rows == 1
+    assert plan.label_counts == [1, 1]
 
 
 def test_labels_are_sorted_distinct_and_written_to_labels_json(tmp_path: Path) -> None:
@@ -964,6 +966,13 @@ def test_labels_are_sorted_distinct_and_written_to_labels_json(tmp_path: Path) -
     plan, _ = plan_for(tmp_path, path, label="label", shard_size=4)
 
     assert plan.labels == sorted(set(labels)) == ["10", "9", "Bee", "ant", "zebra", "ému"]
+    numeric = tmp_path / "numeric.csv"
+    numeric.write_text(
+        "url,label\n" + "".join(f"{DEAD}/{i}.jpg,{n}\n" for i, n in enumerate([10, 9, 100, 9])),
+        encoding="utf-8",
+    )
+    numeric_plan, _ = plan_for(tmp_path / "n", numeric, label="label")
+    assert numeric_plan.labels == ["9", "10", "100"]  # taxon ids in numeric order
     assert plan.class_index() == {label: i for i, label in enumerate(plan.labels)}
     written = json.loads((tmp_path / "out" / LABELS_FILE).read_text(encoding="utf-8"))
     assert written == [
@@ -983,12 +992,19 @@ def test_imagefolder_labels_json_has_folders(tmp_path: Path) -> None:
     )
 
     plan, _ = plan_for(tmp_path, path, label="label", output_format="imagefolder")
+    # imagefolder's labels.json is written when the run ends, with the loaders' class indices
+    assert not (tmp_path / "out" / LABELS_FILE).exists()
+    write_labels_file(plan, {"cat": 2})
 
     written = json.loads((tmp_path / "out" / LABELS_FILE).read_text(encoding="utf-8"))
     assert [entry["label"] for entry in written] == ["a/b", "cat"]
     assert written[1]["folder"] == "cat"
     assert "/" not in written[0]["folder"]
     assert plan.label_folders == {entry["label"]: entry["folder"] for entry in written}
+    # the order is the folders' (what torchvision and datasets use); a folder with no image
+    # has no class index
+    assert [entry["folder"] for entry in written] == sorted(entry["folder"] for entry in written)
+    assert [entry["index"] for entry in written] == [None, 0]
 
 
 def test_no_label_no_labels_json(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, get_args
@@ -176,9 +177,15 @@ def _print_summary(summary: Any) -> None:
         print("run the same command again to retry the failed shards", file=sys.stderr)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (timeout, SLURM, docker stop) stops a run the way Ctrl-C does
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     if args.command is None:
         parser.print_help()
         return 2
@@ -200,4 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flowdc: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a full disk, a read-only output, a vanished network share
+        where = f" ({error.filename})" if error.filename else ""
+        print(
+            f"flowdc: error: {error.strerror or error}{where}; fix that, then run the same "
+            f"command again to resume",
+            file=sys.stderr,
+        )
+        return 1
     return 2

@@ -33,12 +33,6 @@ TORCHVISION_EXTENSIONS = frozenset(
 )
 
 
-# A JPEG ends with EOI, a PNG with its IEND chunk; a file cut short has neither, and would load
-# nowhere. Only the last bytes are searched (some files carry padding after the marker).
-_END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
-_END_WINDOW = 4096
-
-
 class ImageRejected(Exception):
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
@@ -76,9 +70,25 @@ def inspect_image(data: bytes) -> ImageInfo:
         ) from None
     if width <= 0 or height <= 0:
         raise ImageRejected(NOT_AN_IMAGE, f"image has no pixels ({width}x{height})")
-    if _END_MARKERS.get(fmt, b"") not in data[-_END_WINDOW:]:
+    if _is_cut_short(fmt, data):
         raise ImageRejected(NOT_AN_IMAGE, f"truncated {fmt} image (no end marker)")
     return ImageInfo(fmt, _EXTENSION.get(fmt, fmt.lower()), width, height, mode)
+
+
+def _is_cut_short(fmt: str, data: bytes) -> bool:
+    """A file cut short loads nowhere; a header parse alone does not see it.
+
+    JPEG: an end-of-image marker must follow the start of scan (entropy-coded data escapes 0xFF,
+    so one found later is real; data after it, such as a motion photo's video, is fine).
+    PNG: an IEND chunk must follow the last IDAT. BMP: the size in the header must fit.
+    """
+    if fmt in ("JPEG", "MPO"):
+        return data.rfind(b"\xff\xd9") < data.find(b"\xff\xda")
+    if fmt == "PNG":
+        return data.rfind(b"IEND") < data.rfind(b"IDAT")
+    if fmt == "BMP" and len(data) >= 6:
+        return int.from_bytes(data[2:6], "little") > len(data)
+    return False
 
 
 def to_png(data: bytes) -> bytes:

@@ -42,6 +42,13 @@ _SPLIT_KEYWORDS = {
 }
 
 
+# Names FLOW-DC itself writes at the output's root, and names Hugging Face reads as metadata.
+_OWN_FILES = re.compile(
+    r"^(\d{5,}(\.tar|\.parquet|_stats\.json)|labels\.json|overview\.json|metadata\..*)$",
+    re.IGNORECASE,
+)
+
+
 def _split_keywords_capitalized(name: str) -> str:
     pieces = _SPLIT_WORD_SEPARATORS.split(name)
     return "".join(p.capitalize() if p in _SPLIT_KEYWORDS else p for p in pieces)
@@ -68,6 +75,8 @@ def clean_name(label: str) -> str:
     if name.startswith("__"):
         name = "_" + name.lstrip("_")
     name = _split_keywords_capitalized(name)
+    if _OWN_FILES.match(name):
+        name = "_" + name
     if name.split(".")[0].rstrip(" ").lower() in _WINDOWS_RESERVED:
         name = "_" + name
     return _truncate_utf8(name, MAX_NAME_BYTES)

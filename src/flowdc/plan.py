@@ -22,7 +22,7 @@ from flowdc.config import DownloadConfig
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.labels import folder_names
-from flowdc.storage import atomic_write_text, temp_name
+from flowdc.storage import TEMP_MARK, atomic_write_text, temp_name
 
 PLAN_TABLE = ".flowdc-plan.parquet"
 PLAN_META = ".flowdc-plan.json"
@@ -71,10 +71,16 @@ class Plan:
     shard_count: int
     key_width: int
     extra_columns: dict[str, str] = field(default_factory=dict)  # plan column -> input column
-    labels: list[str] | None = None  # sorted distinct labels when categorical; index = class
+    # Distinct labels when categorical, in class-index order: numeric or text order for
+    # webdataset, folder-name order for imagefolder (the order torchvision and datasets use).
+    labels: list[str] | None = None
     label_counts: list[int] | None = None
     label_folders: dict[str, str] | None = None
+    unlabeled_rows: int = 0
     version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        self._parquet: pq.ParquetFile | None = None
 
     @property
     def table_path(self) -> Path:
@@ -84,10 +90,17 @@ class Plan:
         return {label: index for index, label in enumerate(self.labels or [])}
 
     def read_shard(self, shard: int) -> pa.Table:
-        return pq.ParquetFile(self.table_path).read_row_group(shard)
+        # One open file per plan: its footer lists every row group, and parsing it per shard
+        # made runs with many shards quadratic.
+        if self._parquet is None:
+            self._parquet = pq.ParquetFile(self.table_path)
+        return self._parquet.read_row_group(shard)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)
+
+    def has_labels(self) -> bool:
+        return self.label_column is not None
 
     @classmethod
     def load(cls, output: str | Path) -> Plan | None:
@@ -196,6 +209,9 @@ def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
     pending_rows = 0
     total = 0
     shard = 0
+    unlabeled = 0
+    for stale in output.glob(f".{PLAN_TABLE}{TEMP_MARK}*"):  # from a run killed while planning
+        stale.unlink(missing_ok=True)
 
     def flush(rows: int) -> None:
         nonlocal writer, pending, pending_rows, shard
@@ -209,7 +225,9 @@ def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
             .add_column(2, "row", local)
         )
         if writer is None:
-            writer = pq.ParquetWriter(tmp_path, head.schema, compression="zstd")
+            writer = pq.ParquetWriter(
+                tmp_path, head.schema, compression="zstd", write_statistics=False
+            )
         writer.write_table(head, row_group_size=rows)
         shard += 1
         pending = [rest] if rest.num_rows else []
@@ -223,12 +241,14 @@ def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
             if config.label:
                 label_array = _as_string(batch.column(config.label))
                 columns["label"] = label_array
-                if label_counts is not None:
-                    for value in label_array.to_pylist():
-                        key = value or ""
-                        label_counts[key] = label_counts.get(key, 0) + 1
-                    if len(label_counts) > MAX_CATEGORICAL_LABELS:
-                        label_counts = None
+                for value in label_array.to_pylist():
+                    label = normalize_label(value)
+                    if label is None:
+                        unlabeled += 1
+                    elif label_counts is not None:
+                        label_counts[label] = label_counts.get(label, 0) + 1
+                if label_counts is not None and len(label_counts) > MAX_CATEGORICAL_LABELS:
+                    label_counts = None
             for plan_name, input_name in extras.items():
                 columns[plan_name] = batch.column(input_name)
             pending.append(pa.table(columns))
@@ -252,7 +272,14 @@ def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
             f"the label column '{config.label}' has more than {MAX_CATEGORICAL_LABELS:,} distinct "
             f"values, too many for one folder each; use --output_format webdataset"
         )
-    labels = sorted(label_counts) if label_counts is not None else None
+    labels = _class_order(label_counts) if label_counts is not None else None
+    folders = (
+        folder_names(labels)
+        if labels is not None and config.output_format == "imagefolder"
+        else None
+    )
+    if labels is not None and folders is not None:
+        labels.sort(key=lambda label: folders[label])
     plan = Plan(
         output=str(output),
         input=str(table.path.resolve()),
@@ -268,26 +295,51 @@ def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
         extra_columns=extras,
         labels=labels,
         label_counts=[label_counts[label] for label in labels] if labels is not None else None,
-        label_folders=folder_names(labels)
-        if labels is not None and config.output_format == "imagefolder"
-        else None,
+        label_folders=folders,
+        unlabeled_rows=unlabeled,
     )
     os.replace(tmp_path, plan.table_path)
-    if labels is not None:
+    if labels is not None and config.output_format == "webdataset":
         write_labels_file(plan)
     atomic_write_text(output / PLAN_META, plan.to_json())
     return plan
 
 
-def write_labels_file(plan: Plan) -> None:
-    """labels.json: class index, label, count and (imagefolder) folder, for people and loaders."""
+def normalize_label(value: str | None) -> str | None:
+    """A label, or None for a missing one (null, empty or only spaces)."""
+    if value is None or not value.strip():
+        return None
+    return value
+
+
+def _class_order(label_counts: dict[str, int]) -> list[str]:
+    """Numeric labels (taxon ids) in numeric order, others in text order."""
+    labels = list(label_counts)
+    try:
+        return sorted(labels, key=lambda label: (float(label), label))
+    except ValueError:
+        return sorted(labels)
+
+
+def write_labels_file(plan: Plan, images_per_label: dict[str, int] | None = None) -> None:
+    """labels.json: class index, label, rows and (imagefolder) folder, for people and loaders.
+
+    For imagefolder the index is the one torchvision and datasets give: the position of the
+    folder among the folders that hold images (a label whose every URL failed has no folder
+    and no index), so it is written when the run ends.
+    """
     entries: list[dict[str, Any]] = []
-    for index, label in enumerate(plan.labels or []):
-        entry: dict[str, Any] = {"index": index, "label": label}
+    index = 0
+    for position, label in enumerate(plan.labels or []):
+        entry: dict[str, Any] = {"index": position, "label": label}
         if plan.label_counts is not None:
-            entry["rows"] = plan.label_counts[index]
+            entry["rows"] = plan.label_counts[position]
         if plan.label_folders is not None:
+            images = (images_per_label or {}).get(label, 0)
             entry["folder"] = plan.label_folders[label]
+            entry["images"] = images
+            entry["index"] = index if images else None
+            index += 1 if images else 0
         entries.append(entry)
     atomic_write_text(
         Path(plan.output) / LABELS_FILE, json.dumps(entries, ensure_ascii=False, indent=1)

@@ -15,7 +15,7 @@ from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.metadata.overview import append_run, build_overview, write_overview
-from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan
+from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, write_labels_file
 from flowdc.shard import ShardResult, is_committed
 from flowdc.storage import OutputLock, check_output, clear_output
 
@@ -38,6 +38,14 @@ class RunSummary:
     shard_errors: dict[int, str] = field(default_factory=dict)
 
 
+def _try_append_run(output: Path, run: dict[str, Any]) -> None:
+    """Record the run; a full disk must not hide the shard errors that matter more."""
+    try:
+        append_run(output, run)
+    except OSError as exc:
+        _stderr(f"warning: could not record the run in {output}: {exc.strerror}")
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -49,29 +57,32 @@ def _shard_rows(plan: Plan, shard: int) -> int:
 
 
 class _ProgressBar:
+    """images/s (tqdm's rate), MB/s, successes and failures, on stderr."""
+
     def __init__(self, total: int, enabled: bool) -> None:
+        import shutil
+
         from tqdm import tqdm
 
+        columns = shutil.get_terminal_size((100, 24)).columns
         self.bar = tqdm(
             total=total,
             unit="img",
             disable=not enabled,
-            dynamic_ncols=True,
+            ncols=columns if columns > 0 else 100,
             smoothing=0.1,
             desc="download",
         )
         self.started = time.monotonic()
 
     def update(self, progress: Progress) -> None:
-        done = progress.successes + progress.failures
-        self.bar.update(done - self.bar.n)
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        self.bar.set_postfix(
-            ok=progress.successes,
-            failed=progress.failures,
-            MBps=f"{progress.bytes / 1e6 / elapsed:.1f}",
+        self.bar.set_postfix_str(
+            f"{progress.bytes / 1e6 / elapsed:.1f} MB/s, ok {progress.successes:,}, "
+            f"failed {progress.failures:,}",
             refresh=False,
         )
+        self.bar.update(progress.successes + progress.failures - self.bar.n)
 
     def close(self) -> None:
         self.bar.close()
@@ -121,7 +132,7 @@ def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
         bar.close()
         seconds = time.monotonic() - started
         if pending:
-            append_run(
+            _try_append_run(
                 output,
                 {
                     "started_at": started_at,
@@ -139,6 +150,8 @@ def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
     overview = (
         write_overview(plan, config) if config.create_overview else build_overview(plan, config)
     )
+    if plan.output_format == "imagefolder" and plan.labels is not None:
+        write_labels_file(plan, overview["class_counts"])
     return RunSummary(
         output=str(output),
         total_rows=plan.total_rows,

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -21,13 +22,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from yarl import URL
 
 from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
 from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_image, to_png
-from flowdc.plan import Plan
-from flowdc.status import NOT_AN_IMAGE, SUCCESS
+from flowdc.plan import Plan, normalize_label
+from flowdc.status import MISSING_LABEL, NOT_AN_IMAGE, SUCCESS
 from flowdc.storage import atomic_write_text, temp_name
 from flowdc.writers import SampleWriter, recover_shard
 from flowdc.writers.imagefolder import FolderShardWriter, drop_journal
@@ -68,7 +70,7 @@ def stats_path(output: str | Path, shard: int) -> Path:
 
 
 def is_committed(output: str | Path, shard: int) -> bool:
-    return stats_path(output, shard).exists()
+    return stats_path(output, shard).is_file()
 
 
 @dataclass
@@ -107,6 +109,24 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null: strict JSON readers (jq, JavaScript) refuse them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _without_credentials(url: str | None) -> str | None:
+    if url is None:
+        return None
+    parsed = URL(url)
+    return str(parsed.with_user(None)) if parsed.user or parsed.password else url
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -126,7 +146,13 @@ class _ShardRun:
         self.fetcher = fetcher
         self.on_progress = on_progress
         self.output = Path(plan.output)
-        self.class_index = plan.class_index() if plan.labels is not None else None
+        # imagefolder loaders number classes by the folders that exist: see labels.json
+        self.class_index = (
+            plan.class_index()
+            if plan.labels is not None and plan.output_format == "webdataset"
+            else None
+        )
+        self.needs_label = plan.output_format == "imagefolder"
         self.extra_names = list(plan.extra_columns)
         self.records: list[dict[str, Any]] = []
         self.writer: SampleWriter = (
@@ -146,7 +172,11 @@ class _ShardRun:
         await asyncio.gather(*(worker() for _ in range(count)))
 
     async def process(self, row: dict[str, Any]) -> None:
-        fetched = await self.fetcher.fetch(row["url"])
+        row["label"] = normalize_label(row.get("label"))
+        if self.needs_label and row["label"] is None:
+            fetched = FetchResult(status=MISSING_LABEL, error="no label: nothing names its folder")
+        else:
+            fetched = await self.fetcher.fetch(row["url"])
         record = self._record(row, fetched)
         if fetched.ok and fetched.data is not None:
             self._store(row, fetched, record)
@@ -164,7 +194,7 @@ class _ShardRun:
             "row": row["row"],
             "url": url,
             "label": label,
-            "class_index": self.class_index.get(label or "") if self.class_index else None,
+            "class_index": self.class_index.get(label) if self.class_index and label else None,
             "status": fetched.status,
             "error": fetched.error,
             "http_status": fetched.http_status,
@@ -178,7 +208,9 @@ class _ShardRun:
             "path": None,
             "elapsed_seconds": round(fetched.elapsed_seconds, 4),
             "host": parsed.host if parsed is not None else None,
-            "final_url": fetched.final_url if fetched.final_url != url else None,
+            "final_url": _without_credentials(fetched.final_url)
+            if fetched.final_url != url
+            else None,
         }
         for name in self.extra_names:
             record[name] = row.get(name)
@@ -228,15 +260,11 @@ class _ShardRun:
             )
         }
         meta.update({name: row.get(name) for name in self.extra_names})
-        meta_json = json.dumps(meta, ensure_ascii=False, default=_json_default).encode("utf-8")
-        label = row.get("label")
+        meta_json = json.dumps(
+            _finite(meta), ensure_ascii=False, default=_json_default, allow_nan=False
+        ).encode("utf-8")
         record["path"] = self.writer.add(
-            row["key"],
-            extension,
-            data,
-            meta_json,
-            (label or "") if self.plan.label_column else None,
-            record["class_index"],
+            row["key"], extension, data, meta_json, row["label"], record["class_index"]
         )
 
     def results_table(self, extra_schema: pa.Schema) -> pa.Table:

@@ -11,6 +11,7 @@ import email.utils
 import random
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
 from yarl import URL
@@ -202,11 +203,10 @@ class Fetcher:
                 message = f"TLS error: {_brief(exc)}"
                 raise _Failure(FAILED_TO_DOWNLOAD, message, False) from None
             except aiohttp.ClientResponseError as exc:
+                # raised by aiohttp's parser (bad Content-Length, broken chunks, garbage status
+                # line): its 400 is aiohttp's own, not the server's, so no status is recorded
                 raise _Failure(
-                    FAILED_TO_DOWNLOAD,
-                    f"bad response: {_brief(exc)}",
-                    True,
-                    http_status=exc.status or None,
+                    FAILED_TO_DOWNLOAD, f"malformed response: {_brief(exc)}", True
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
                 raise _Failure(
@@ -217,7 +217,7 @@ class Fetcher:
     def _next_hop(self, current: URL, response: aiohttp.ClientResponse) -> URL:
         location = response.headers["Location"]
         try:
-            target = current.join(URL(location))
+            target = current.join(_location_url(location))
         except (ValueError, TypeError):
             raise _Failure(
                 FAILED_TO_DOWNLOAD,
@@ -272,6 +272,15 @@ class Fetcher:
             content_type=response.headers.get("Content-Type"),
             final_url=str(url),
         )
+
+
+def _location_url(location: str) -> URL:
+    """A Location header as a URL; raw non-UTF-8 bytes (aiohttp keeps them as surrogates) are
+    percent-encoded as a browser or curl would, not dropped."""
+    if any("\udc80" <= char <= "\udcff" for char in location):
+        raw = location.encode("utf-8", "surrogateescape")
+        return URL(quote(raw, safe=":/?#[]@!$&'()*+,;=%"), encoded=True)
+    return URL(location)
 
 
 def _brief(exc: BaseException) -> str:

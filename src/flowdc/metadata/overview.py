@@ -86,7 +86,8 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         failed = table.filter(pc.invert(ok))
         error_messages.update(_error_kind(m) for m in failed.column("error").to_pylist())
         if plan.label_column:
-            per_class.update(label or "" for label in table.filter(ok).column("label").to_pylist())
+            labels = table.filter(ok).column("label").to_pylist()
+            per_class.update(label for label in labels if label is not None)
     processed = sum(statuses.values())
     successful = statuses.get(SUCCESS, 0)
     runs = read_runs(output)
@@ -123,6 +124,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             "url_column": plan.url_column,
             "label_column": plan.label_column,
             "extra_columns": list(plan.extra_columns.values()),
+            "unlabeled_rows": plan.unlabeled_rows,
         },
         "output": {"path": str(output), "format": plan.output_format},
         "runs": runs,

@@ -50,5 +50,7 @@ class TarShardWriter:
         os.replace(self.tmp_path, self.final_path)
 
     def abort(self) -> None:
-        self._tar.close()
-        self.tmp_path.unlink(missing_ok=True)
+        try:
+            self._tar.close()  # may fail again, e.g. on a full disk
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
