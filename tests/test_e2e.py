@@ -814,14 +814,21 @@ def test_workers_exit_when_main_process_is_killed(server: ImageServer, tmp_path:
     check_webdataset_complete(output, rows)
 
 
-def test_ctrl_c_stops_cleanly_and_rerun_resumes(server: ImageServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_and_rerun_resumes(
+    server: ImageServer, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Ctrl-C (to the group, as a terminal sends it) or SIGTERM (timeout, SLURM) to the run."""
     rows = slow_rows(server, KILL_ROWS)
     input_path = write_csv(tmp_path / "urls.csv", rows)
     output = tmp_path / "out"
     args = download_args(input_path, output, *KILL_OPTIONS)
     with background(args, tmp_path / "interrupted") as run:
         run.wait_for_stats(output, 1)
-        os.killpg(run.pgid, signal.SIGINT)
+        if stop == signal.SIGINT:
+            os.killpg(run.pgid, signal.SIGINT)
+        else:
+            os.kill(run.proc.pid, signal.SIGTERM)
         try:
             code = run.proc.wait(30)
         except subprocess.TimeoutExpired:

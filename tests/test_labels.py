@@ -230,3 +230,21 @@ def test_split_keywords_never_stay_words_of_a_folder_name(label: str) -> None:
     folder = folder_names([label, "cat"])[label]
     words = set(re.split(r"[-._ 0-9]+", folder))
     assert not words & keywords, folder
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "00000_stats.json",
+        "00012.tar",
+        "00003.parquet",
+        "overview.json",
+        "labels.json",
+        "metadata.csv",
+        "METADATA.JSONL",
+    ],
+)
+def test_labels_named_like_flowdc_or_loader_files_get_other_folders(label: str) -> None:
+    """A folder named 00000_stats.json would pass for a shard's commit marker."""
+    folder = folder_names([label])[label]
+    assert folder != label and folder.casefold() != label.casefold()

@@ -125,9 +125,10 @@ class Fetcher:
             max_line_size=16384,
             max_field_size=16384,
         )
-        # aiohttp silently resends an idempotent request once on a dropped connection; that
-        # would bypass max_retry_attempts and the rate limiter, so retries stay ours alone.
-        self.session._retry_connection = False
+        # aiohttp resends a GET once, at once, when the connection drops before an answer: that
+        # is what keeps a keep-alive connection the server closed while idle from costing an
+        # attempt and a backoff. So a server that resets every connection sees two requests
+        # per attempt; retries beyond that are ours (max_retry_attempts, backoff, rate limit).
 
     async def close(self) -> None:
         await self.session.close()
