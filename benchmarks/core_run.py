@@ -37,10 +37,13 @@ import pyarrow.parquet as pq
 
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
 
+# A bare aiohttp loop: fetch every URL, check the status, and discard the body (or, with a third
+# argument, append it to one file: the least any downloader that stores images must do).
 BARE_LOOP = textwrap.dedent(
     """
     import asyncio, sys, aiohttp, pyarrow.parquet as pq
     urls = pq.read_table(sys.argv[1]).column("url").to_pylist()
+    sink = open(sys.argv[3], "wb") if len(sys.argv) > 3 else None
     async def main():
         sem = asyncio.Semaphore(int(sys.argv[2]))
         total = 0
@@ -48,7 +51,12 @@ BARE_LOOP = textwrap.dedent(
             async def one(u):
                 nonlocal total
                 async with sem, s.get(u) as r:
-                    total += len(await r.read())
+                    body = await r.read()
+                    if r.status != 200:
+                        raise SystemExit(f"HTTP {r.status} for {u}")
+                    total += len(body)
+                    if sink is not None:
+                        sink.write(body)
             await asyncio.gather(*(one(u) for u in urls))
         print(total)
     asyncio.run(main())
@@ -186,6 +194,7 @@ def main() -> int:
         args.pool = 100
 
     work = Path(tempfile.mkdtemp(prefix="flowdc-bench-"))
+    work.chmod(0o755)  # nginx's workers run as an unprivileged user
     nginx = None
     try:
         sizes = make_pool(work / "www", args.pool)
@@ -225,7 +234,11 @@ def main() -> int:
             "10000",
         ]
         bare = [sys.executable, "-c", BARE_LOOP, str(work / "urls.parquet"), str(args.concurrency)]
-        runs: dict[str, list[dict[str, float]]] = {"flowdc": [], "bare aiohttp": []}
+        runs: dict[str, list[dict[str, float]]] = {
+            "flowdc": [],
+            "bare aiohttp": [],
+            "aiohttp+write": [],
+        }
         for attempt in range(args.repeat):
             out = work / f"out{attempt}"
             runs["flowdc"].append(measure([*flowdc, "--output", str(out)]))
@@ -234,8 +247,10 @@ def main() -> int:
                 raise RuntimeError(f"flowdc downloaded {summary['successful']} of {args.urls}")
             shutil.rmtree(out)
             runs["bare aiohttp"].append(measure(bare))
+            runs["aiohttp+write"].append(measure([*bare, str(work / "sink.bin")]))
+            (work / "sink.bin").unlink()
         total_mb = mean_kb * args.urls / 1e3
-        print(f"\n{'client':<14}{'images/s':>10}{'MB/s':>8}{'CPU s/1k':>10}{'peak MB':>9}")
+        print(f"\n{'client':<15}{'images/s':>10}{'MB/s':>8}{'CPU s/1k':>10}{'peak MB':>9}")
         medians = {}
         for name, samples in runs.items():
             seconds = statistics.median(s["seconds"] for s in samples)
@@ -243,12 +258,12 @@ def main() -> int:
             peak = statistics.median(s["peak_mb"] for s in samples)
             medians[name] = args.urls / seconds
             print(
-                f"{name:<14}{args.urls / seconds:>10.0f}{total_mb / seconds:>8.0f}"
+                f"{name:<15}{args.urls / seconds:>10.0f}{total_mb / seconds:>8.0f}"
                 f"{cpu / args.urls * 1000:>10.2f}{peak:>9.0f}"
             )
-        print(
-            f"\nflowdc / bare aiohttp images/s: {medians['flowdc'] / medians['bare aiohttp']:.2f}"
-        )
+        print()
+        for other in ("bare aiohttp", "aiohttp+write"):
+            print(f"flowdc / {other} images/s: {medians['flowdc'] / medians[other]:.2f}")
     finally:
         if nginx is not None:
             os.killpg(nginx.pid, signal.SIGTERM)

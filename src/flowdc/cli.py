@@ -164,9 +164,12 @@ def _download(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: Any) -> None:
     overview = summary.overview["download_summary"]
+    unfinished = overview["total"] - overview["processed"]
     print(
-        f"{overview['successful']:,} of {overview['processed']:,} images downloaded "
-        f"({overview['success_rate_percent']}%) into {summary.output} in {summary.seconds:.1f} s"
+        f"{overview['successful']:,} of {overview['total']:,} images downloaded "
+        f"({overview['success_rate_percent']}% of the rows processed) into {summary.output} in "
+        f"{summary.seconds:.1f} s"
+        + (f"; {unfinished:,} rows not processed yet" if unfinished else "")
     )
     breakdown = summary.overview.get("error_breakdown") or {}
     if breakdown:

@@ -43,6 +43,9 @@ class EngineOutcome:
 
 
 def _install_event_loop_policy() -> None:
+    """uvloop when installed, unless FLOWDC_EVENT_LOOP=asyncio (for comparing the two)."""
+    if os.environ.get("FLOWDC_EVENT_LOOP", "uvloop") != "uvloop":
+        return
     try:
         import uvloop
     except ImportError:
