@@ -79,7 +79,11 @@ class DownloadConfig(BaseModel):
         True, description="Limit request rate per host with a token bucket."
     )
     rate_limit: float = Field(
-        20.0, gt=0, le=1_000_000, description="Requests per second per host, over all processes."
+        20.0,
+        gt=0,
+        le=1_000_000,
+        description="Requests per second per host, over all processes (polite; raise it, or turn "
+        "rate limiting off, for a big host such as an object store).",
     )
     rate_capacity: int = Field(
         20, ge=1, le=1_000_000, description="Burst size of the per-host token bucket."
