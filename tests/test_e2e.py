@@ -934,3 +934,21 @@ def test_bad_config_is_one_line_error(
     message = assert_one_line_error(done)
     assert needle in message, message
     assert not output.exists(), "a refused run must not create its output"
+
+
+def test_imagefolder_rerun_removes_empty_label_folders(server: ImageServer, tmp_path: Path) -> None:
+    """A killed shard may leave a label folder whose URLs fail on the rerun; torchvision would
+    count the empty folder as a class (or refuse the dataset), so the run ends without it."""
+    rows = [{"url": server.url(f"img/{i}.jpg"), "label": f"L{i % 3}"} for i in range(9)]
+    rows.append({"url": server.url("status/404/gone.jpg"), "label": "rare"})
+    input_path = write_csv(tmp_path / "urls.csv", rows)
+    output = tmp_path / "out"
+    options = ("--label", "label", "--output_format", "imagefolder")
+    assert_ok(download(input_path, output, *options))
+    (output / "rare").mkdir()  # what a killed shard's rerun can leave behind
+    assert_ok(download(input_path, output, *options))
+    folders = sorted(entry.name for entry in os.scandir(output) if entry.is_dir())
+    entries = json.loads((output / "labels.json").read_text(encoding="utf-8"))
+    indexed = sorted((e for e in entries if e["index"] is not None), key=lambda e: e["index"])
+    assert folders == [e["folder"] for e in indexed] == ["L0", "L1", "L2"]
+    check_imagefolder_rules(output)

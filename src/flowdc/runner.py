@@ -46,6 +46,17 @@ def _try_append_run(output: Path, run: dict[str, Any]) -> None:
         _stderr(f"warning: could not record the run in {output}: {exc.strerror}")
 
 
+def _remove_empty_label_folders(plan: Plan) -> None:
+    """A killed shard's rerun may leave a label folder with no image (its URLs failed this
+    time); torchvision would count it as a class, or refuse the dataset. Only FLOW-DC's own
+    label folders are looked at, and only an empty one is removed."""
+    for folder in set((plan.label_folders or {}).values()):
+        try:
+            (Path(plan.output) / folder).rmdir()
+        except OSError:
+            continue  # absent, or holds images
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -151,6 +162,7 @@ def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
         write_overview(plan, config) if config.create_overview else build_overview(plan, config)
     )
     if plan.output_format == "imagefolder" and plan.labels is not None:
+        _remove_empty_label_folders(plan)
         write_labels_file(plan, overview["class_counts"])
     return RunSummary(
         output=str(output),
