@@ -116,7 +116,7 @@ def _show(target: Path, overview: dict, output_format: str) -> None:
     if output_format == "webdataset":
         print(
             "load it:  import webdataset as wds; "
-            f"wds.WebDataset('{target}/{{00000..{numbers['total'] // 100:05d}}}.tar')"
+            f"wds.WebDataset('{target}/{{00000..{overview['shards']['total'] - 1:05d}}}.tar')"
             ".decode('pil')"
         )
     else:
