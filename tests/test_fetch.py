@@ -176,10 +176,7 @@ def test_a_keep_alive_connection_the_server_closed_costs_no_attempt(
     body = images["1.jpg"]
     answers = {
         "/hop": b"HTTP/1.1 302 Found\r\nLocation: /final.jpg\r\nContent-Length: 0\r\n\r\n",
-        "/final.jpg": b"HTTP/1.1 200 OK\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body,
+        "/final.jpg": raw_ok(body),
     }
     with RawServer(answers) as raw:
         result = fetch_one(raw.url("/hop"), max_retry_attempts=0)
@@ -456,6 +453,11 @@ def test_inspect_image_rejects(data: bytes, needle: str) -> None:
 
 
 # -- protocol-level misbehaviour: a raw socket server on 127.0.0.3 -------------------------------
+def raw_ok(body: bytes, headers: bytes = b"") -> bytes:
+    """A well-formed 200 response carrying `body`, as raw bytes."""
+    return b"HTTP/1.1 200 OK\r\n%bContent-Length: %d\r\n\r\n%b" % (headers, len(body), body)
+
+
 class RawServer:
     """Answers each request with the raw bytes mapped to its path (then closes), in a thread."""
 
@@ -521,10 +523,7 @@ def test_redirect_with_raw_latin1_bytes_is_percent_encoded(images: dict[str, byt
     body = images["0.jpg"]
     answers = {
         "/start": b"HTTP/1.1 302 Found\r\nLocation: /caf\xe9.jpg\r\nContent-Length: 0\r\n\r\n",
-        "/caf%E9.jpg": b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\n\r\n"
-        + body,
+        "/caf%E9.jpg": raw_ok(body, b"Content-Type: image/jpeg\r\n"),
     }
     with RawServer(answers) as raw:
         result = fetch_one(raw.url("/start"))

@@ -99,9 +99,6 @@ class Plan:
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)
 
-    def has_labels(self) -> bool:
-        return self.label_column is not None
-
     @classmethod
     def load(cls, output: str | Path) -> Plan | None:
         meta = Path(output) / PLAN_META

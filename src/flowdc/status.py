@@ -5,15 +5,4 @@ FAILED_TO_DOWNLOAD = "failed_to_download"
 NOT_AN_IMAGE = "not_an_image"
 TOO_LARGE = "too_large"
 INVALID_URL = "invalid_url"
-OPTED_OUT = "opted_out"
 MISSING_LABEL = "missing_label"  # imagefolder only: a row with no label has no folder
-
-ALL_STATUSES = (
-    SUCCESS,
-    FAILED_TO_DOWNLOAD,
-    NOT_AN_IMAGE,
-    TOO_LARGE,
-    INVALID_URL,
-    OPTED_OUT,
-    MISSING_LABEL,
-)

@@ -176,7 +176,7 @@ class Fetcher:
         for _hop in range(MAX_REDIRECTS + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _Failure(FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True)
+                raise self._timed_out()
             try:
                 async with self.session.get(
                     current,
@@ -190,9 +190,7 @@ class Fetcher:
             except _Failure:
                 raise
             except asyncio.TimeoutError:
-                raise _Failure(
-                    FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True
-                ) from None
+                raise self._timed_out() from None
             except aiohttp.ClientPayloadError as exc:
                 raise _Failure(
                     FAILED_TO_DOWNLOAD, f"incomplete body: {_brief(exc)}", True
@@ -214,6 +212,9 @@ class Fetcher:
                     FAILED_TO_DOWNLOAD, f"{type(exc).__name__}: {_brief(exc)}", True
                 ) from None
         raise _Failure(FAILED_TO_DOWNLOAD, f"more than {MAX_REDIRECTS} redirects", False)
+
+    def _timed_out(self) -> _Failure:
+        return _Failure(FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True)
 
     def _next_hop(self, current: URL, response: aiohttp.ClientResponse) -> URL:
         location = response.headers["Location"]

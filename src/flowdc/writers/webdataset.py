@@ -26,7 +26,6 @@ class TarShardWriter:
         self.final_path = output / f"{shard:05d}.tar"
         self.tmp_path = output / temp_name(self.final_path.name)
         self._file = open(self.tmp_path, "wb", buffering=0)
-        self._size = 0
         self._mtime = int(time.time())
 
     def _member(self, parts: list[bytes], name: str, data: bytes) -> None:
@@ -57,9 +56,7 @@ class TarShardWriter:
             self._member(parts, f"{key}.cls", str(class_index).encode())
         if label is not None:
             self._member(parts, f"{key}.txt", label.encode("utf-8"))
-        sample = b"".join(parts)
-        self._write(sample)
-        self._size += len(sample)
+        self._write(b"".join(parts))
         return image_name
 
     def _write(self, data: bytes) -> None:
@@ -69,7 +66,7 @@ class TarShardWriter:
 
     def commit(self) -> None:
         end = 2 * _BLOCK  # two zero blocks end the archive; the file fills whole records
-        end += -(self._size + end) % _RECORD
+        end += -(self._file.tell() + end) % _RECORD
         self._write(b"\0" * end)
         self._file.close()
         os.replace(self.tmp_path, self.final_path)
