@@ -35,6 +35,14 @@ _GROUPS = {
         "rate_capacity",
     ),
     "machine use": ("processes", "progress"),
+    "distributed": (
+        "engine",
+        "listen",
+        "scheduler",
+        "workers",
+        "slurm_options",
+        "storage_options",
+    ),
     "metadata": (
         "create_overview",
         "croissant",
@@ -147,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset format (default: webdataset)",
     )
     demo.add_argument("--images", type=int, default=300, help="how many images (default: 300)")
+    commands.add_parser(
+        "worker",
+        help="run a Dask worker for `download --engine dask` (flowdc worker tcp://MANAGER:8786)",
+        add_help=False,
+    )
     return parser
 
 
@@ -185,6 +198,11 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["worker"]:  # every option after the address belongs to `dask worker`
+        from flowdc.engines.dask import worker_main
+
+        return worker_main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM (timeout, SLURM, docker stop) stops a run the way Ctrl-C does

@@ -20,6 +20,7 @@ from flowdc.errors import FlowDCError
 InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls"]
 OutputFormat = Literal["webdataset", "imagefolder"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
+Engine = Literal["local", "dask", "slurm"]
 
 DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (image dataset downloader; python-aiohttp)"
 
@@ -32,12 +33,15 @@ class DownloadConfig(BaseModel):
     # input and output
     input: str = Field(
         description="URL table to read (parquet, csv, tsv, txt, json, jsonl, xml, "
-        "xlsx, xls; .gz for text formats)."
+        "xlsx, xls; .gz for text formats); a path or a URL such as s3://bucket/list.parquet."
     )
     input_format: InputFormat | None = Field(
         None, description="Format of the input; default: taken from the file extension."
     )
-    output: str = Field(description="Folder the dataset is written to.")
+    output: str = Field(
+        description="Folder the dataset is written to, or object storage such as "
+        "s3://bucket/prefix (webdataset only)."
+    )
     output_format: OutputFormat = Field(
         "webdataset", description="webdataset (tar shards) or imagefolder (one folder per label)."
     )
@@ -100,6 +104,35 @@ class DownloadConfig(BaseModel):
         None, description="Show a progress bar; default: only when stderr is a terminal."
     )
 
+    # distributed runs (docs/distributed.md)
+    engine: Engine = Field(
+        "local",
+        description="local: worker processes on this machine; dask: a Dask cluster (--listen, "
+        "--scheduler, or a local one on 127.0.0.1); slurm: Dask workers as SLURM jobs.",
+    )
+    listen: str | None = Field(
+        None,
+        description="Host the Dask scheduler in this process on HOST:PORT (workers connect with "
+        "`flowdc worker tcp://HOST:PORT`); use 0.0.0.0 only on a trusted network or with TLS.",
+    )
+    scheduler: str | None = Field(
+        None, description="Address of a Dask scheduler that already runs (tcp:// or tls://)."
+    )
+    workers: int | None = Field(
+        None, ge=1, le=10_000, description="SLURM jobs to start (--engine slurm), one worker each."
+    )
+    slurm_options: dict[str, Any] | None = Field(
+        None,
+        description="JSON object of dask-jobqueue SLURMCluster options (queue, account, walltime, "
+        "cores, memory, job_extra_directives, ...).",
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        exclude=True,  # may hold credentials: never written to overview.json
+        description="JSON object of fsspec options for s3:// and other URLs (endpoint_url, key, "
+        "secret, ...); default: the usual AWS_* environment variables.",
+    )
+
     # description of the result
     create_overview: bool = Field(True, description="Write overview.json when the run ends.")
     croissant: CroissantLevel = Field(
@@ -125,6 +158,19 @@ class DownloadConfig(BaseModel):
     def _label_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be empty (omit it for no label)")
+        return value
+
+    @field_validator("slurm_options", "storage_options", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        """The command line gives these as JSON text."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg})") from None
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("must be a JSON object of option: value pairs")
         return value
 
     def effective_processes(self) -> int:

@@ -190,8 +190,11 @@ def check_columns(config: DownloadConfig, table: InputTable) -> None:
         )
 
 
-def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
-    """Stream the input into the plan table, one row group per shard, and write its JSON last."""
+def make_plan(config: DownloadConfig, table: InputTable, source: str | None = None) -> Plan:
+    """Stream the input into the plan table, one row group per shard, and write its JSON last.
+
+    `source` is the input as the user named it when `table` reads a local copy (object storage).
+    """
     output = Path(config.output)
     check_columns(config, table)
     names = table.column_names()
@@ -279,7 +282,7 @@ def make_plan(config: DownloadConfig, table: InputTable) -> Plan:
         labels.sort(key=lambda label: folders[label])
     plan = Plan(
         output=str(output),
-        input=str(table.path.resolve()),
+        input=source or str(table.path.resolve()),
         input_format=table.format,
         input_fingerprint=fingerprint(table.path),
         url_column=config.url,

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowdc import remote
 from flowdc.config import DownloadConfig
 from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
-from flowdc.metadata.overview import append_run, build_overview, write_overview
+from flowdc.metadata.overview import (
+    OVERVIEW_FILE,
+    RUNS_FILE,
+    append_run,
+    build_overview,
+    write_overview,
+)
 from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, write_labels_file
+from flowdc.remote import is_remote, stage_input
 from flowdc.shard import ShardResult, is_committed
 from flowdc.storage import OutputLock, check_output, clear_output
 
@@ -106,24 +115,56 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
             f"note: croissant={config.croissant} is accepted but Croissant metadata is not "
             f"written by this version yet"
         )
-    table = InputTable(config.input, config.input_format)
-    check_columns(config, table)
-    output = Path(config.output)
-    check_output(output)
-    with OutputLock(output):
-        if config.overwrite:
-            clear_output(output, table.path)
-        plan = Plan.load(output)
-        if plan is not None:
-            check_plan_matches(plan, config, table)
-        else:
-            echo(f"planning {table.path} ...")
-            plan = make_plan(config, table)
-            echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
-        return _run_plan(plan, config, echo)
+    with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
+        local_input = stage_input(config.input, config.storage_options, Path(staging))
+        table = InputTable(local_input, config.input_format)
+        check_columns(config, table)
+        if is_remote(config.output):
+            return _run_remote(config, table, Path(staging), echo)
+        output = Path(config.output)
+        check_output(output)
+        with OutputLock(output):
+            if config.overwrite:
+                clear_output(output, table.path)
+            plan = Plan.load(output)
+            if plan is not None:
+                check_plan_matches(plan, config, table)
+            else:
+                echo(f"planning {config.input} ...")
+                plan = make_plan(config, table, source=_source(config))
+                echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
+            return _run_plan(plan, config, echo)
 
 
-def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
+def _source(config: DownloadConfig) -> str | None:
+    """What the plan records as its input: a remote input's URL, not the local copy's path."""
+    return config.input if is_remote(config.input) else None
+
+
+def _run_remote(config: DownloadConfig, table: InputTable, staging: Path, echo: Echo) -> RunSummary:
+    """An output on object storage: the plan and the finished files are kept in `staging`
+    while the run lasts and uploaded; shards are uploaded by the workers (remote.py)."""
+    store = remote.RemoteStore(config.output, config.storage_options)
+    names = remote.check_remote_output(store, config.overwrite, config.output_format)
+    local = staging / "output"
+    local.mkdir()
+    plan = remote.load_remote_plan(store, local) if names else None
+    if plan is not None:
+        check_plan_matches(plan, config, table)
+    else:
+        echo(f"planning {config.input} ...")
+        plan = make_plan(config.model_copy(update={"output": str(local)}), table, _source(config))
+        remote.push_plan(store, local)
+        echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
+    if RUNS_FILE in names:
+        store.download(RUNS_FILE, local / RUNS_FILE)
+    remote.pull_committed(store, local, with_results=False)
+    return _run_plan(plan, config, echo, store)
+
+
+def _run_plan(
+    plan: Plan, config: DownloadConfig, echo: Echo, store: remote.RemoteStore | None = None
+) -> RunSummary:
     output = Path(plan.output)
     pending = [s for s in range(plan.shard_count) if not is_committed(output, s)]
     skipped = plan.shard_count - len(pending)
@@ -136,7 +177,12 @@ def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
     results: list[ShardResult] = []
     interrupted = False
     try:
-        outcome = run_local(plan, config, pending, bar.update, results.append)
+        if config.engine == "local":
+            outcome = run_local(plan, config, pending, bar.update, results.append)
+        else:
+            from flowdc.engines.dask import run_dask
+
+            outcome = run_dask(plan, config, pending, bar.update, results.append, echo)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -150,20 +196,27 @@ def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
                     "seconds": round(seconds, 3),
                     "shards_run": len(results),
                     "interrupted": interrupted,
+                    "engine": config.engine,
                 },
             )
+            if store is not None:
+                remote.push_files(store, output, (RUNS_FILE,))
     if interrupted:
         done = sum(1 for s in range(plan.shard_count) if is_committed(output, s))
         raise Interrupted(
             f"interrupted: {done} of {plan.shard_count} shard(s) are committed in {output}; run "
             f"the same command again to resume"
         )
+    if store is not None:
+        remote.pull_committed(store, output, with_results=True)
     overview = (
         write_overview(plan, config) if config.create_overview else build_overview(plan, config)
     )
     if plan.output_format == "imagefolder" and plan.labels is not None:
         _remove_empty_label_folders(plan)
         write_labels_file(plan, overview["class_counts"])
+    if store is not None:
+        remote.push_files(store, output, (OVERVIEW_FILE,))
     return RunSummary(
         output=str(output),
         total_rows=plan.total_rows,

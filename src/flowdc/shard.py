@@ -96,8 +96,14 @@ class ShardResult:
 
     @classmethod
     def load(cls, output: str | Path, shard: int) -> ShardResult:
-        data = json.loads(stats_path(output, shard).read_text(encoding="utf-8"))
+        return cls.from_json(stats_path(output, shard).read_text(encoding="utf-8"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardResult:
+        """A marker's stats, as returned for a shard that was committed already."""
+        data = json.loads(text)
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        known.pop("skipped", None)
         return cls(**known, skipped=True)
 
 
@@ -290,6 +296,9 @@ async def run_shard_async(
     run = _ShardRun(plan, shard, config, fetcher, on_progress)
     try:
         await run.run(table.to_pylist())
+        if is_committed(output, shard):  # another attempt (Dask may run one twice) was first
+            run.writer.abort()
+            return ShardResult.load(output, shard)
         run.writer.commit()
     except BaseException:
         run.writer.abort()

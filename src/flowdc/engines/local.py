@@ -67,6 +67,7 @@ def _worker_main(
     tasks: mp.Queue,
     events: mp.Queue,
     parent_pid: int,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     """Entry point of a worker process; `processes` is how many share the machine's limits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
@@ -75,14 +76,19 @@ def _worker_main(
     config = DownloadConfig(**config_data)
     plan = Plan.load(output)
     assert plan is not None
-    asyncio.run(_worker_loop(config, plan, processes, tasks, events))
+    asyncio.run(_worker_loop(config, plan, processes, tasks, events, storage_options))
 
 
 async def _worker_loop(
-    config: DownloadConfig, plan: Plan, processes: int, tasks: mp.Queue, events: mp.Queue
+    config: DownloadConfig,
+    plan: Plan,
+    processes: int,
+    tasks: mp.Queue,
+    events: mp.Queue,
+    storage_options: dict[str, Any] | None,
 ) -> None:
     from flowdc.fetch.client import Fetcher
-    from flowdc.shard import run_shard_async
+    from flowdc.remote import run_shard_to
 
     loop = asyncio.get_running_loop()
     fetcher = Fetcher(
@@ -103,7 +109,9 @@ async def _worker_loop(
 
     async def run_one(shard: int) -> None:
         try:
-            result = await run_shard_async(plan, shard, config, fetcher, on_progress)
+            result = await run_shard_to(
+                config.output, storage_options, plan, shard, config, fetcher, on_progress
+            )
         except Exception as exc:
             events.put(("error", shard, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
             return
@@ -154,7 +162,15 @@ def run_local(
     workers = [
         context.Process(
             target=_worker_main,
-            args=(config_data, plan.output, processes, tasks, events, os.getpid()),
+            args=(
+                config_data,
+                plan.output,
+                processes,
+                tasks,
+                events,
+                os.getpid(),
+                config.storage_options,
+            ),
             name=f"flowdc-worker-{index}",
             daemon=True,
         )

@@ -126,7 +126,11 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             "extra_columns": list(plan.extra_columns.values()),
             "unlabeled_rows": plan.unlabeled_rows,
         },
-        "output": {"path": str(output), "format": plan.output_format},
+        # an output on object storage is built in a local staging folder: name the real one
+        "output": {
+            "path": config.output if "://" in config.output else str(output),
+            "format": plan.output_format,
+        },
         "runs": runs,
         "versions": _versions(),
     }

@@ -33,5 +33,24 @@ def recover_shard(output: Path, shard: int) -> None:
     # ".00042." and ".00042_" so that shard 10000 never matches shard 100000's files
     for prefix in (f".{shard:05d}.", f".{shard:05d}_"):
         for leftover in output.glob(f"{prefix}*{TEMP_MARK}*"):
-            leftover.unlink(missing_ok=True)
+            if not in_use(leftover):
+                leftover.unlink(missing_ok=True)
     undo_journal(output, shard)
+
+
+def in_use(path: Path) -> bool:
+    """True while a live attempt of the shard (Dask may run one twice) holds the file's lock."""
+    import fcntl
+    import os
+
+    try:
+        handle = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+    return False

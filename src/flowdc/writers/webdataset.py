@@ -8,6 +8,7 @@ Keys are short ASCII names, so ustar fits them.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tarfile
 import time
@@ -26,6 +27,7 @@ class TarShardWriter:
         self.final_path = output / f"{shard:05d}.tar"
         self.tmp_path = output / temp_name(self.final_path.name)
         self._file = open(self.tmp_path, "wb", buffering=0)
+        fcntl.lockf(self._file, fcntl.LOCK_EX)  # tells a concurrent attempt it is in use
         self._mtime = int(time.time())
 
     def _member(self, parts: list[bytes], name: str, data: bytes) -> None:
