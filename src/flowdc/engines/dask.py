@@ -100,13 +100,12 @@ def slurm_cluster(config: DownloadConfig) -> Any:
     }
     options.update(config.slurm_options or {})
     security = _security() if address.protocol == "tls" else None
+    dashboard = _dashboard(address.host)
+    scheduler: dict[str, Any] = {"host": address.host, "port": address.port}
+    scheduler.update({"dashboard_address": dashboard} if dashboard else {"dashboard": False})
     try:
         return SLURMCluster(
-            scheduler_options={
-                "host": address.host,
-                "port": address.port,
-                "dashboard_address": _dashboard(address.host),
-            },
+            scheduler_options=scheduler,
             protocol=f"{address.protocol}://",
             security=security,
             **options,
@@ -131,7 +130,13 @@ def _security() -> Any:
 @contextlib.contextmanager
 def open_client(config: DownloadConfig, echo: Callable[[str], None]) -> Iterator[Any]:
     """A client for the cluster the options name; the cluster ends with the run if we made it."""
-    from distributed import Client, LocalCluster
+    try:
+        import dask.config
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise FlowDCError(
+            f"--engine {config.engine} needs Dask: pip install 'flowdc[distributed]'"
+        ) from None
 
     cluster: Any = None
     try:
@@ -164,8 +169,11 @@ def open_client(config: DownloadConfig, echo: Callable[[str], None]) -> Iterator
                 dashboard_address=_dashboard("127.0.0.1"),
                 silence_logs=logging.ERROR,
             )
-        client = Client(cluster if cluster is not None else config.scheduler, timeout=30)
-    except OSError as exc:
+        client = Client(
+            cluster if cluster is not None else config.scheduler,
+            timeout=dask.config.get("distributed.comm.timeouts.connect"),
+        )
+    except (OSError, TimeoutError) as exc:
         if cluster is not None:
             cluster.close()
         where = config.scheduler or config.listen or "127.0.0.1"

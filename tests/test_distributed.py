@@ -1,0 +1,600 @@
+"""The Dask engine against a real scheduler and real `dask worker` processes on 127.0.0.1, and
+object storage through a real S3 server (moto's server mode) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flowdc.config import DownloadConfig
+from flowdc.engines.dask import parse_listen, slurm_cluster
+from flowdc.errors import FlowDCError
+from flowdc.plan import PLAN_META, PLAN_TABLE
+from flowdc.testserver import ImageServer
+from tests.conftest import run_cli
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+WAIT = 90.0  # the longest any test waits for one thing
+
+
+def _until(check: Callable[[], object], what: str, limit: float = WAIT) -> object:
+    """Poll `check` until it returns something true, at most `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {limit} s waiting for {what}")
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """A process in its own process group (so teardown kills it and its children by PID)."""
+    with open(log, "ab") as handle:
+        return subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    """A scheduler and workers, each a process the test owns."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.processes: list[subprocess.Popen[bytes]] = []
+        scheduler_file = folder / "scheduler.json"
+        self.scheduler = _start(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            folder / "scheduler.log",
+        )
+        self.processes.append(self.scheduler)
+        _until(scheduler_file.exists, "the scheduler file")
+        self.address = _until(
+            lambda: json.loads(scheduler_file.read_text() or "{}").get("address"),
+            "the scheduler address",
+        )
+        self.client = distributed.Client(self.address, timeout=30)
+
+    def add_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """One worker process (no nanny: kill -9 of its PID is the end of that worker)."""
+        worker = _start(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                str(self.address),
+                "--name",
+                name,
+                "--nthreads",
+                "2",
+                "--no-nanny",
+                "--no-dashboard",
+                "--host",
+                "127.0.0.1",
+                "--death-timeout",
+                "60",
+            ],
+            self.folder / f"{name}.log",
+        )
+        self.processes.append(worker)
+        _until(lambda: self.worker_address(name), f"worker {name} to join")
+        return worker
+
+    def worker_address(self, name: str) -> str | None:
+        for address, info in self.client.scheduler_info(n_workers=-1)["workers"].items():
+            if info.get("name") == name:
+                return address
+        return None
+
+    def busy(self, name: str) -> bool:
+        address = self.worker_address(name)
+        return bool(address and self.client.processing(workers=[address]).get(address))
+
+    def close(self) -> None:
+        self.client.close()
+        for process in reversed(self.processes):
+            _kill(process)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    running = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        running.add_worker("w1")
+        running.add_worker("w2")
+        yield running
+    finally:
+        running.close()
+
+
+def _write_list(path: Path, urls: list[str]) -> Path:
+    pq.write_table(pa.table({"url": urls, "label": [f"c{i % 3}" for i in range(len(urls))]}), path)
+    return path
+
+
+def _mixed_urls(server: ImageServer, count: int) -> list[str]:
+    urls = []
+    for i in range(count):
+        if i % 10 == 3:
+            urls.append(server.url(f"status/404/{i}.jpg"))
+        else:
+            urls.append(server.url(f"img/{i % 60}.jpg"))
+    return urls
+
+
+def _slow_urls(server: ImageServer, count: int) -> list[str]:
+    return [
+        server.url(f"slow/0.3/{i % 60}.jpg") if i % 9 else server.url(f"status/404/{i}.jpg")
+        for i in range(count)
+    ]
+
+
+def _check_dataset(output: Path, rows: int) -> dict[str, int]:
+    """Every input row in the results exactly once; every success in the tars exactly once."""
+    tables = [pq.read_table(p) for p in sorted(output.glob("[0-9]*.parquet"))]
+    results = pa.concat_tables(tables)
+    keys = results.column("key").to_pylist()
+    assert len(keys) == rows and len(set(keys)) == rows
+    plan_keys = pq.read_table(output / PLAN_TABLE, columns=["key"]).column("key").to_pylist()
+    assert sorted(keys) == sorted(plan_keys)
+    ok = {
+        key
+        for key, status in zip(keys, results.column("status").to_pylist(), strict=True)
+        if status == "success"
+    }
+    in_tars: Counter[str] = Counter()
+    for tar in sorted(output.glob("*.tar")):
+        with tarfile.open(tar) as archive:
+            in_tars.update(m.name.split(".")[0] for m in archive if m.name.endswith(".jpg"))
+    assert set(in_tars) == ok and all(count == 1 for count in in_tars.values())
+    leftovers = [p.name for p in output.iterdir() if ".tmp-" in p.name]
+    assert not leftovers
+    return dict(Counter(results.column("status").to_pylist()))
+
+
+def _summary(output: Path) -> dict[str, object]:
+    overview = json.loads((output / "overview.json").read_text())
+    summary = dict(overview["download_summary"])
+    for timing in ("total_time_seconds", "average_speed_mb_per_s", "images_per_second"):
+        summary.pop(timing)
+    return {
+        "summary": summary,
+        "classes": overview["class_counts"],
+        "errors": overview["error_breakdown"],
+    }
+
+
+def test_full_run_matches_the_local_engine(
+    cluster: Cluster, fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 200))
+    common = ["--input", str(listing), "--label", "label", "--shard_size", "30"]
+    common += ["--no-enable_rate_limiting"]
+    dask_run = run_cli(
+        "download",
+        *common,
+        "--output",
+        str(tmp_path / "dask"),
+        "--engine",
+        "dask",
+        "--scheduler",
+        str(cluster.address),
+    )
+    assert dask_run.returncode == 0, dask_run.stderr
+    local_run = run_cli("download", *common, "--output", str(tmp_path / "local"))
+    assert local_run.returncode == 0, local_run.stderr
+    assert _check_dataset(tmp_path / "dask", 200) == {"success": 180, "failed_to_download": 20}
+    assert _summary(tmp_path / "dask") == _summary(tmp_path / "local")
+    dask_results = pq.read_table(tmp_path / "dask" / "00003.parquet").drop(["elapsed_seconds"])
+    local_results = pq.read_table(tmp_path / "local" / "00003.parquet").drop(["elapsed_seconds"])
+    assert dask_results.equals(local_results)
+
+    def printed(run: subprocess.CompletedProcess[str], name: str) -> str:
+        return re.sub(r"in [0-9.]+ s", "", run.stdout).replace(str(tmp_path / name), "OUT")
+
+    assert printed(dask_run, "dask") == printed(local_run, "local")
+    again = run_cli(
+        "download",
+        *common,
+        "--output",
+        str(tmp_path / "dask"),
+        "--engine",
+        "dask",
+        "--scheduler",
+        str(cluster.address),
+    )
+    assert again.returncode == 0 and "7 of 7 shard(s) already committed" in again.stderr
+
+
+def _start_download(listing: Path, output: Path, address: str, log: Path) -> subprocess.Popen:
+    return _start(
+        [
+            sys.executable,
+            "-m",
+            "flowdc",
+            "download",
+            "--input",
+            str(listing),
+            "--output",
+            str(output),
+            "--shard_size",
+            "8",
+            "--concurrent_downloads",
+            "3",
+            "--no-enable_rate_limiting",
+            "--engine",
+            "dask",
+            "--scheduler",
+            address,
+        ],
+        log,
+    )
+
+
+def test_a_worker_killed_mid_shard_loses_nothing(
+    cluster: Cluster, fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    listing = _write_list(tmp_path / "list.parquet", _slow_urls(fresh_server, 96))
+    victim = cluster.add_worker("victim")
+    run = _start_download(listing, tmp_path / "out", str(cluster.address), tmp_path / "run.log")
+    try:
+        _until(lambda: cluster.busy("victim"), "the victim worker to take a shard")
+        _until(lambda: list((tmp_path / "out").glob(".*.tar.tmp-*")), "a shard being written")
+        time.sleep(0.5)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert run.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        _kill(run)
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    statuses = _check_dataset(tmp_path / "out", 96)
+    assert statuses == {"success": 85, "failed_to_download": 11}
+
+
+def test_a_worker_that_joins_mid_run_takes_work(
+    cluster: Cluster, fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    listing = _write_list(tmp_path / "list.parquet", _slow_urls(fresh_server, 96))
+    run = _start_download(listing, tmp_path / "out", str(cluster.address), tmp_path / "run.log")
+    try:
+        _until(lambda: cluster.busy("w1") or cluster.busy("w2"), "the run to start")
+        newcomer = cluster.add_worker("newcomer")
+        _until(lambda: cluster.busy("newcomer"), "the new worker to take a shard")
+        assert run.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        _kill(run)
+    _kill(newcomer)
+    _check_dataset(tmp_path / "out", 96)
+
+
+def test_listen_hosts_the_scheduler_and_flowdc_worker_joins(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 40))
+    address = f"127.0.0.1:{_free_port()}"
+    run = _start(
+        [
+            sys.executable,
+            "-m",
+            "flowdc",
+            "download",
+            "--input",
+            str(listing),
+            "--output",
+            str(tmp_path / "out"),
+            "--shard_size",
+            "10",
+            "--engine",
+            "dask",
+            "--listen",
+            address,
+        ],
+        tmp_path / "run.log",
+    )
+    worker = _start(
+        [
+            sys.executable,
+            "-m",
+            "flowdc",
+            "worker",
+            f"tcp://{address}",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+            "--death-timeout",
+            "60",
+        ],
+        tmp_path / "worker.log",
+    )
+    try:
+        assert run.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        _kill(run)
+        _kill(worker)
+    log = (tmp_path / "run.log").read_text()
+    assert f"on each worker machine run: flowdc worker tcp://{address}" in log
+    assert _check_dataset(tmp_path / "out", 40) == {"success": 36, "failed_to_download": 4}
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:
+    listing = _write_list(tmp_path / "list.parquet", ["http://127.0.0.1:9/a.jpg"])
+    result = run_cli(
+        "download",
+        "--input",
+        str(listing),
+        "--output",
+        str(tmp_path / "out"),
+        "--engine",
+        "dask",
+        "--scheduler",
+        f"tcp://127.0.0.1:{_free_port()}",
+        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"},
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("flowdc: error: cannot reach or start the Dask scheduler")
+    assert "Traceback" not in result.stderr
+
+
+def _run_shard_in_process(output: str, config_data: dict[str, object], done: mp.Queue) -> None:
+    from flowdc.shard import run_shard
+
+    result = run_shard(output, 0, DownloadConfig(**config_data))
+    done.put(result.successes)
+
+
+def test_two_overlapping_runs_of_one_shard_commit_once(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """What Dask may do (a lost result, a worker thought dead): both runs end well, and the
+    shard holds each sample once."""
+    from flowdc.inputs import InputTable
+    from flowdc.plan import make_plan
+
+    listing = _write_list(tmp_path / "list.parquet", _slow_urls(fresh_server, 18))
+    config = DownloadConfig(
+        input=str(listing),
+        output=str(tmp_path / "out"),
+        enable_rate_limiting=False,
+        concurrent_downloads=2,
+    )
+    (tmp_path / "out").mkdir()
+    make_plan(config, InputTable(listing))
+    context = mp.get_context("spawn")
+    done: mp.Queue = context.Queue()
+    runs = [
+        context.Process(
+            target=_run_shard_in_process, args=(config.output, config.model_dump(), done)
+        )
+        for _ in range(2)
+    ]
+    for run in runs:
+        run.start()
+        time.sleep(0.5)  # the second starts while the first is writing its tar
+    for run in runs:
+        run.join(timeout=60)
+    assert [run.exitcode for run in runs] == [0, 0]
+    assert sorted([done.get(timeout=5), done.get(timeout=5)]) == [16, 16]
+    assert _check_dataset(tmp_path / "out", 18) == {"success": 16, "failed_to_download": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:8786", ("tcp", "127.0.0.1", 8786)),
+        ("0.0.0.0:9000", ("tcp", "0.0.0.0", 9000)),
+        ("tls://10.0.0.5:8786", ("tls", "10.0.0.5", 8786)),
+        (":8786", ("tcp", "127.0.0.1", 8786)),
+        ("8786", ("tcp", "127.0.0.1", 8786)),
+    ],
+)
+def test_listen_addresses(text: str, expected: tuple[str, str, int]) -> None:
+    address = parse_listen(text)
+    assert (address.protocol, address.host, address.port) == expected
+
+
+@pytest.mark.parametrize("text", ["udp://1.2.3.4:5", "host:port", "1.2.3.4:99999"])
+def test_bad_listen_addresses(text: str) -> None:
+    with pytest.raises(FlowDCError, match="bad --listen"):
+        parse_listen(text)
+
+
+def test_slurm_job_script(tmp_path: Path) -> None:
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue is not installed")
+    config = DownloadConfig(
+        input="x.csv",
+        output=str(tmp_path),
+        engine="slurm",
+        workers=3,
+        listen=f"127.0.0.1:{_free_port()}",
+        slurm_options={"queue": "short", "account": "bio", "walltime": "02:00:00"},
+    )
+    cluster = slurm_cluster(config)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    port = config.listen.rsplit(":", 1)[1]
+    assert "#SBATCH -J flowdc-worker" in script
+    assert "#SBATCH -p short" in script and "#SBATCH -A bio" in script
+    assert "#SBATCH -t 02:00:00" in script
+    assert f"tcp://127.0.0.1:{port}" in script
+    assert "#SBATCH --cpus-per-task=2" in script
+    assert "distributed.cli.dask_worker" in script and "--nthreads 2" in script
+
+
+def test_slurm_needs_listen(tmp_path: Path) -> None:
+    config = DownloadConfig(input="x.csv", output=str(tmp_path), engine="slurm", workers=2)
+    with pytest.raises(FlowDCError, match="needs --listen"):
+        slurm_cluster(config)
+
+
+# -- object storage ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A real S3 server (moto) on 127.0.0.1 and a bucket; the environment a client needs."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key="testing",
+        secret="testing",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        skip_instance_cache=True,
+    )
+    fs.mkdir("flowdc-test")
+    try:
+        yield env
+    finally:
+        server.stop()
+
+
+def _s3fs(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        key="testing",
+        secret="testing",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        skip_instance_cache=True,
+    )
+
+
+def _download_prefix(env: dict[str, str], prefix: str, local: Path) -> Path:
+    _s3fs(env).get(f"flowdc-test/{prefix}/", str(local), recursive=True)
+    return local
+
+
+def test_object_storage_input_and_output(
+    s3: dict[str, str], fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    fs = _s3fs(s3)
+    listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 50))
+    fs.put_file(str(listing), "flowdc-test/in/list.parquet")
+    common = ["--input", "s3://flowdc-test/in/list.parquet", "--label", "label"]
+    common += ["--shard_size", "20", "--no-enable_rate_limiting", "--processes", "2"]
+    first = run_cli("download", *common, "--output", "s3://flowdc-test/out", env=s3)
+    assert first.returncode == 0, first.stderr
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("flowdc-test/out"))
+    assert names == sorted(
+        [PLAN_META, PLAN_TABLE, ".flowdc-runs.jsonl", "labels.json", "overview.json"]
+        + [f"0000{s}{suffix}" for s in range(3) for suffix in (".tar", ".parquet", "_stats.json")]
+    )
+    local = _download_prefix(s3, "out", tmp_path / "copy")
+    assert _check_dataset(local, 50) == {"success": 45, "failed_to_download": 5}
+    overview = json.loads((local / "overview.json").read_text())
+    assert overview["output"]["path"] == "s3://flowdc-test/out"
+    assert overview["input"]["path"] == "s3://flowdc-test/in/list.parquet"
+    assert "storage_options" not in overview["script_inputs"]
+    again = run_cli("download", *common, "--output", "s3://flowdc-test/out", env=s3)
+    assert again.returncode == 0 and "3 of 3 shard(s) already committed" in again.stderr
+
+
+def test_object_storage_with_dask_workers_and_storage_options(
+    s3: dict[str, str], cluster: Cluster, fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """The workers have no AWS_* variables: the endpoint and keys travel in storage_options."""
+    fs = _s3fs(s3)
+    listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 50))
+    fs.put_file(str(listing), "flowdc-test/in2/list.parquet")
+    options = json.dumps(
+        {"endpoint_url": s3["AWS_ENDPOINT_URL"], "key": "testing", "secret": "testing"}
+    )
+    result = run_cli(
+        "download",
+        "--input",
+        "s3://flowdc-test/in2/list.parquet",
+        "--output",
+        "s3://flowdc-test/out2",
+        "--shard_size",
+        "20",
+        "--no-enable_rate_limiting",
+        "--engine",
+        "dask",
+        "--scheduler",
+        str(cluster.address),
+        "--storage_options",
+        options,
+        env={"AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    assert result.returncode == 0, result.stderr
+    local = _download_prefix(s3, "out2", tmp_path / "copy")
+    assert _check_dataset(local, 50) == {"success": 45, "failed_to_download": 5}
+
+
+def test_object_storage_refuses_imagefolder_and_foreign_prefixes(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    fs = _s3fs(s3)
+    fs.pipe_file("flowdc-test/foreign/notes.txt", b"mine")
+    listing = _write_list(tmp_path / "list.parquet", ["http://127.0.0.1:9/a.jpg"])
+    foreign = run_cli(
+        "download", "--input", str(listing), "--output", "s3://flowdc-test/foreign", env=s3
+    )
+    assert foreign.returncode == 2
+    assert "is not empty and was not made by FLOW-DC" in foreign.stderr
+    assert fs.cat_file("flowdc-test/foreign/notes.txt") == b"mine"
+    folders = run_cli(
+        "download",
+        "--input",
+        str(listing),
+        "--output",
+        "s3://flowdc-test/folders",
+        "--label",
+        "label",
+        "--output_format",
+        "imagefolder",
+        env=s3,
+    )
+    assert folders.returncode == 2 and "imagefolder output cannot go to object storage" in (
+        folders.stderr
+    )
