@@ -44,11 +44,17 @@ def _until(check: Callable[[], object], what: str, limit: float = WAIT) -> objec
     raise AssertionError(f"timed out after {limit} s waiting for {what}")
 
 
-def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    command: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """A process in its own process group (so teardown kills it and its children by PID)."""
     with open(log, "ab") as handle:
         return subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
 
 
@@ -373,6 +379,128 @@ def test_listen_hosts_the_scheduler_and_flowdc_worker_joins(
     log = (tmp_path / "run.log").read_text()
     assert f"on each worker machine run: flowdc worker tcp://{address}" in log
     assert _check_dataset(tmp_path / "out", 40) == {"success": 36, "failed_to_download": 4}
+
+
+def _tls_environment(folder: Path) -> dict[str, str]:
+    """A CA and one certificate for every role, as Dask configuration (docs/distributed.md)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def build(name: str, issuer: x509.Name, key, signer, ca: bool) -> x509.Certificate:  # type: ignore[no-untyped-def]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "flowdc-test-ca")])
+    ca = build("flowdc-test-ca", ca_name, ca_key, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build("flowdc", ca_name, key, ca_key, ca=False)
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "node.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "node.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    env = {
+        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(folder / "ca.pem"),
+    }
+    for role in ("SCHEDULER", "WORKER", "CLIENT"):
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = str(folder / "node.pem")
+        env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = str(folder / "node.key")
+    return env
+
+
+def test_tls_cluster(fresh_server: ImageServer, tmp_path: Path) -> None:
+    """--listen tls:// with a manager and a worker given the Dask TLS settings of the docs."""
+    pytest.importorskip("cryptography", reason="cryptography makes the test certificates")
+    env = _tls_environment(tmp_path)
+    listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 20))
+    address = f"127.0.0.1:{_free_port()}"
+    run = _start(
+        [
+            sys.executable,
+            "-m",
+            "flowdc",
+            "download",
+            "--input",
+            str(listing),
+            "--output",
+            str(tmp_path / "out"),
+            "--shard_size",
+            "10",
+            "--engine",
+            "dask",
+            "--listen",
+            f"tls://{address}",
+        ],
+        tmp_path / "run.log",
+        env,
+    )
+    worker = _start(
+        [
+            sys.executable,
+            "-m",
+            "flowdc",
+            "worker",
+            f"tls://{address}",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+            "--death-timeout",
+            "60",
+        ],
+        tmp_path / "worker.log",
+        env,
+    )
+    try:
+        assert run.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()
+    finally:
+        _kill(run)
+        _kill(worker)
+    assert f"flowdc worker tls://{address}" in (tmp_path / "run.log").read_text()
+    assert _check_dataset(tmp_path / "out", 20) == {"success": 18, "failed_to_download": 2}
+
+
+def test_a_tls_address_without_tls_settings_is_one_line(tmp_path: Path) -> None:
+    listing = _write_list(tmp_path / "list.parquet", ["http://127.0.0.1:9/a.jpg"])
+    result = run_cli(
+        "download",
+        "--input",
+        str(listing),
+        "--output",
+        str(tmp_path / "out"),
+        "--engine",
+        "dask",
+        "--listen",
+        f"tls://127.0.0.1:{_free_port()}",
+    )
+    assert result.returncode == 2
+    assert "a tls:// address needs Dask's TLS settings" in result.stderr.splitlines()[-1]
 
 
 def test_an_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:

@@ -11,10 +11,13 @@ its JSON last), and workers read it from the output.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import dataclasses
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,22 @@ def is_remote(location: str) -> bool:
     """True for a URL that fsspec opens (s3://, gs://, ...); plain paths and file:// are local."""
     scheme, sep, _ = location.partition("://")
     return bool(sep) and scheme.lower() not in ("", "file")
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """Any failure of the store (no credentials, no endpoint, access denied) as one line;
+    FileNotFoundError passes, the callers use it to mean "not there"."""
+    try:
+        yield
+    except (FileNotFoundError, FlowDCError):
+        raise
+    except Exception as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FlowDCError(
+            f"cannot use {url}: {message}; check the credentials (AWS_* variables or "
+            f"--storage_options), the endpoint (AWS_ENDPOINT_URL) and the bucket"
+        ) from None
 
 
 class RemoteStore:
@@ -55,7 +74,8 @@ class RemoteStore:
         """Names directly under the prefix (fresh: other machines write here)."""
         self.fs.invalidate_cache()
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            with storage_errors(self.url):
+                entries = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:
             return set()
         return {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
@@ -63,20 +83,24 @@ class RemoteStore:
     def read_text(self, name: str) -> str | None:
         self.fs.invalidate_cache()
         try:
-            return self.fs.cat_file(self.path(name)).decode("utf-8")
+            with storage_errors(self.url):
+                return self.fs.cat_file(self.path(name)).decode("utf-8")
         except FileNotFoundError:
             return None
 
     def download(self, name: str, local: Path) -> None:
-        self.fs.get_file(self.path(name), str(local))
+        with storage_errors(self.url):
+            self.fs.get_file(self.path(name), str(local))
 
     def upload(self, local: Path, name: str) -> None:
-        self.fs.put_file(str(local), self.path(name))
+        with storage_errors(self.url):
+            self.fs.put_file(str(local), self.path(name))
 
     def clear(self) -> None:
         """Delete everything under the prefix (--overwrite)."""
         for name in self.names():
-            self.fs.rm(self.path(name), recursive=True)
+            with storage_errors(self.url):
+                self.fs.rm(self.path(name), recursive=True)
 
 
 _stores: dict[tuple[str, str], RemoteStore] = {}
@@ -97,7 +121,8 @@ def stage_input(location: str, storage_options: dict[str, Any] | None, staging: 
     store = RemoteStore(location, storage_options)
     local = staging / store.root.rsplit("/", 1)[-1]
     try:
-        store.fs.get_file(store.root, str(local))
+        with storage_errors(location):
+            store.fs.get_file(store.root, str(local))
     except FileNotFoundError:
         raise FlowDCError(f"input file not found: {location}; check the --input URL") from None
     return local
@@ -166,6 +191,7 @@ def worker_plan(target: str, storage_options: dict[str, Any] | None, plan_id: st
     if key not in _plans:
         if is_remote(target):
             local = Path(tempfile.mkdtemp(prefix="flowdc-plan-"))
+            atexit.register(shutil.rmtree, local, True)
             plan = load_remote_plan(store_for(target, storage_options), local)
         else:
             plan = Plan.load(target)

@@ -20,8 +20,10 @@ import os
 import sys
 import threading
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flowdc.config import DownloadConfig
@@ -34,7 +36,7 @@ from flowdc.engines.local import (
 )
 from flowdc.errors import FlowDCError
 from flowdc.plan import Plan
-from flowdc.remote import run_shard_to, worker_plan
+from flowdc.remote import is_remote, run_shard_to, worker_plan
 from flowdc.shard import ShardResult
 
 # A task whose own code fails (not a lost worker: Dask reruns those by itself, up to
@@ -139,6 +141,8 @@ def open_client(config: DownloadConfig, echo: Callable[[str], None]) -> Iterator
         ) from None
 
     cluster: Any = None
+    # the scheduler's HTTP server (health, metrics) tries port 8787 first, then a free one
+    warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
     try:
         if config.engine == "slurm":
             cluster = slurm_cluster(config)
@@ -230,8 +234,8 @@ class _ProgressTracker:
 
 def _worker_processes(client: Any) -> tuple[int, int]:
     """(worker processes, task threads) the scheduler knows now."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return len(workers), sum(w.get("nthreads", 1) for w in workers)
+    threads = client.nthreads()
+    return len(threads), sum(threads.values())
 
 
 def run_dask(
@@ -249,6 +253,8 @@ def run_dask(
     if not shards:
         return outcome
     pid = plan_id(plan)
+    # workers resolve a relative path from their own folder, on their own machine
+    target = config.output if is_remote(config.output) else str(Path(config.output).resolve())
     topic = f"flowdc-progress-{pid}-{uuid.uuid4().hex[:8]}"  # this run's events only
     config_data = config.model_dump()
     tracker = _ProgressTracker()
@@ -257,12 +263,12 @@ def run_dask(
         client.subscribe_topic(topic, tracker.on_event)
         running: dict[Any, int] = {}
         while queue or running:
-            processes, threads = _worker_processes(client)
+            processes, threads = _worker_processes(client) if queue else (0, 0)
             while queue and len(running) < max(2 * threads, 2 * SHARDS_PER_WORKER):
                 shard = queue.pop()
                 future = client.submit(
                     run_shard_task,
-                    config.output,
+                    target,
                     config.storage_options,
                     pid,
                     shard,
@@ -286,9 +292,11 @@ def run_dask(
                     tracker.finish(result)
                     outcome.results.append(result)
                     on_shard(result)
-                else:
-                    error = future.exception() if future.status == "error" else future.status
+                elif future.status == "error":
+                    error = future.exception()
                     outcome.errors[shard] = f"{type(error).__name__}: {error}"
+                else:
+                    outcome.errors[shard] = f"the Dask task ended as {future.status}"
                 future.release()
             on_progress(tracker.snapshot())
         client.unsubscribe_topic(topic)
