@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flowdc.config import DownloadConfig
-from flowdc.engines.dask import parse_listen, slurm_cluster
+from flowdc.engines.dask import check_engine_options, parse_listen, slurm_cluster
 from flowdc.errors import FlowDCError
 from flowdc.plan import PLAN_META, PLAN_TABLE
 from flowdc.testserver import ImageServer
@@ -566,6 +566,32 @@ def test_two_overlapping_runs_of_one_shard_commit_once(
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--listen", "127.0.0.1:8786"], "--listen need --engine dask"),
+        (["--workers", "3"], "--workers need --engine dask"),
+        (["--engine", "dask", "--listen", ":1", "--scheduler", "tcp://h:1"], "not both"),
+        (["--engine", "dask", "--workers", "2"], "are for --engine slurm"),
+        (["--engine", "slurm", "--scheduler", "tcp://h:1"], "use --listen, not --scheduler"),
+        (["--engine", "slurm", "--workers", "2"], "--engine slurm needs --listen"),
+        (["--engine", "dask", "--slurm_options", "[1]"], "must be a JSON object"),
+    ],
+)
+def test_engine_options_that_do_not_fit(
+    options: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flowdc.cli import main
+
+    listing = _write_list(tmp_path / "list.parquet", ["http://127.0.0.1:9/a.jpg"])
+    output = tmp_path / "out"
+    assert main(["download", "--input", str(listing), "--output", str(output), *options]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("flowdc: error: ") and message in error
+    assert len(error.strip().splitlines()) == 1
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("127.0.0.1:8786", ("tcp", "127.0.0.1", 8786)),
@@ -613,7 +639,7 @@ def test_slurm_job_script(tmp_path: Path) -> None:
 def test_slurm_needs_listen(tmp_path: Path) -> None:
     config = DownloadConfig(input="x.csv", output=str(tmp_path), engine="slurm", workers=2)
     with pytest.raises(FlowDCError, match="needs --listen"):
-        slurm_cluster(config)
+        check_engine_options(config)
 
 
 # -- object storage ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from flowdc import remote
 from flowdc.config import DownloadConfig
+from flowdc.engines.dask import check_engine_options
 from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
@@ -115,6 +116,7 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
             f"note: croissant={config.croissant} is accepted but Croissant metadata is not "
             f"written by this version yet"
         )
+    check_engine_options(config)
     with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
         local_input = stage_input(config.input, config.storage_options, Path(staging))
         table = InputTable(local_input, config.input_format)

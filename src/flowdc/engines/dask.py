@@ -43,6 +43,9 @@ from flowdc.shard import ShardResult
 # distributed.scheduler.allowed-failures times) is tried this many more times.
 TASK_RETRIES = 2
 DEFAULT_PORT = 8786
+# A scheduler's HTTP server (health, metrics; bound to the scheduler's host) tries port 8787
+# first and warns before it takes a free one; on a shared machine that is no news.
+warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
 
 
 def plan_id(plan: Plan) -> str:
@@ -76,6 +79,38 @@ def parse_listen(text: str) -> ListenAddress:
     return ListenAddress(protocol, host, int(port))
 
 
+def check_engine_options(config: DownloadConfig) -> None:
+    """Options that only one engine reads are refused elsewhere, not silently ignored."""
+    given = [
+        f"--{name}"
+        for name in ("listen", "scheduler", "workers", "slurm_options")
+        if getattr(config, name) is not None
+    ]
+    if config.engine == "local" and given:
+        raise FlowDCError(
+            f"{' and '.join(given)} need --engine dask (or slurm); the local engine runs on this "
+            f"machine only"
+        )
+    if config.listen and config.scheduler:
+        raise FlowDCError(
+            "give --listen (host a scheduler here) or --scheduler (use one that runs), not both"
+        )
+    if config.engine == "dask" and (config.workers or config.slurm_options):
+        raise FlowDCError(
+            "--workers and --slurm_options are for --engine slurm; with --engine dask, start "
+            "workers with `flowdc worker ADDRESS`"
+        )
+    if config.engine == "slurm" and config.scheduler:
+        raise FlowDCError("--engine slurm starts its own scheduler: use --listen, not --scheduler")
+    if config.engine == "slurm" and config.listen is None:
+        raise FlowDCError(
+            "--engine slurm needs --listen HOST:PORT on an address the compute nodes reach, "
+            f"e.g. --listen 0.0.0.0:{DEFAULT_PORT} (see docs/distributed.md for TLS)"
+        )
+    if config.listen is not None:
+        parse_listen(config.listen)
+
+
 def _dashboard(host: str) -> str | None:
     """A dashboard on a free port of the scheduler's host, when bokeh is installed."""
     return f"{host}:0" if importlib.util.find_spec("bokeh") is not None else None
@@ -83,11 +118,8 @@ def _dashboard(host: str) -> str | None:
 
 def slurm_cluster(config: DownloadConfig) -> Any:
     """A dask-jobqueue SLURMCluster: one worker process with two task threads per job."""
-    if config.listen is None:
-        raise FlowDCError(
-            "--engine slurm needs --listen HOST:PORT on an address the compute nodes reach, "
-            f"e.g. --listen 0.0.0.0:{DEFAULT_PORT} (see docs/distributed.md for TLS)"
-        )
+    check_engine_options(config)
+    assert config.listen is not None
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
@@ -141,8 +173,6 @@ def open_client(config: DownloadConfig, echo: Callable[[str], None]) -> Iterator
         ) from None
 
     cluster: Any = None
-    # the scheduler's HTTP server (health, metrics) tries port 8787 first, then a free one
-    warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
     try:
         if config.engine == "slurm":
             cluster = slurm_cluster(config)
