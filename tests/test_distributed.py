@@ -773,3 +773,22 @@ def test_object_storage_refuses_imagefolder_and_foreign_prefixes(
     assert folders.returncode == 2 and "imagefolder output cannot go to object storage" in (
         folders.stderr
     )
+    no_credentials = {
+        "AWS_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"],
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    denied = run_cli(
+        "download",
+        "--input",
+        str(listing),
+        "--output",
+        "s3://flowdc-test/denied",
+        env=no_credentials,
+    )
+    assert denied.returncode == 2, denied.stderr
+    assert denied.stderr.startswith("flowdc: error: cannot use s3://flowdc-test/denied: ")
+    assert "check the credentials" in denied.stderr and "Traceback" not in denied.stderr
