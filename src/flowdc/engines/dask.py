@@ -178,8 +178,6 @@ def open_client(config: DownloadConfig, echo: Callable[[str], None]) -> Iterator
             cluster = slurm_cluster(config)
             cluster.scale(jobs=config.workers or 1)
             echo(f"asked SLURM for {config.workers or 1} worker job(s)")
-        elif config.scheduler:
-            pass
         elif config.listen:
             address = parse_listen(config.listen)
             cluster = LocalCluster(
@@ -195,7 +193,7 @@ def open_client(config: DownloadConfig, echo: Callable[[str], None]) -> Iterator
                 f"Dask scheduler listening on {cluster.scheduler_address}; on each worker machine "
                 f"run: flowdc worker {cluster.scheduler_address}"
             )
-        else:
+        elif not config.scheduler:
             cluster = LocalCluster(
                 n_workers=max(1, config.effective_processes()),
                 threads_per_worker=SHARDS_PER_WORKER,
