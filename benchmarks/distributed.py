@@ -4,9 +4,10 @@
 
 Serves the pool of generated JPEGs of core_run.py with nginx on 127.0.0.1-4, starts a Dask
 scheduler and two `dask worker` processes (two task threads each) on 127.0.0.1, then runs, in
-alternation: `flowdc download` with the local engine (two processes), with `--engine dask
---scheduler` on that cluster, and with `--engine dask` alone (a cluster of its own, so its start
-is in the time). Every run must download every URL. Prints medians and the Dask/local ratio.
+alternation: `flowdc download` with the local engine (two processes) and with `--engine dask
+--scheduler` on that cluster (with --own-cluster also `--engine dask` alone: a cluster of its
+own, whose start is in the time). Every run must download every URL. Prints medians and the
+Dask/local ratio. Everything runs in this script's session (see `timed`).
 """
 
 from __future__ import annotations
@@ -25,57 +26,39 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from core_run import HOSTS, free_port, make_pool, measure, start_nginx
+from core_run import HOSTS, free_port, make_pool, start_nginx
 
 
-def start_cluster(work: Path) -> tuple[str, list[subprocess.Popen]]:
-    """A scheduler and two single-process workers on 127.0.0.1, each in its own session."""
+def timed(command: list[str]) -> float:
+    """Seconds a command takes. It stays in this script's session, as the cluster does: with
+    the kernel's autogroup scheduling each session gets an equal CPU share, so a cluster in
+    sessions of its own would get more of a busy machine than the local engine."""
+    started = time.monotonic()
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed: {result.stderr.decode()[-2000:]}")
+    return time.monotonic() - started
+
+
+def start_cluster(work: Path, processes: list[subprocess.Popen]) -> str:
+    """A scheduler and two single-process workers on 127.0.0.1, in this script's session;
+    each is appended to `processes` as soon as it starts (so the caller can stop them)."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    python = [sys.executable, "-m"]
     log = open(work / "cluster.log", "ab")
-    processes = [
-        subprocess.Popen(
-            [
-                *python,
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-dashboard",
-            ],
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    ]
-    time.sleep(2)
-    for name in ("w1", "w2"):
+    commands = [["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port)]]
+    worker = ["distributed.cli.dask_worker", address, "--nthreads", "2", "--no-nanny"]
+    commands += [[*worker, "--name", name, "--host", "127.0.0.1"] for name in ("w1", "w2")]
+    for command in commands:
         processes.append(
             subprocess.Popen(
-                [
-                    *python,
-                    "distributed.cli.dask_worker",
-                    address,
-                    "--name",
-                    name,
-                    "--nthreads",
-                    "2",
-                    "--no-nanny",
-                    "--no-dashboard",
-                    "--host",
-                    "127.0.0.1",
-                ],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
+                [sys.executable, "-m", *command, "--no-dashboard"], stdout=log, stderr=log
             )
         )
     # a child process: in this script's folder, `import distributed` would find this file
     wait = f"from distributed import Client; Client({address!r}).wait_for_workers(2, timeout=60)"
     subprocess.run([sys.executable, "-c", wait], check=True, timeout=90, cwd=work)
-    return address, processes
+    return address
 
 
 def main() -> int:
@@ -84,22 +67,25 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--shard-size", type=int, default=2500)
+    parser.add_argument(
+        "--own-cluster", action="store_true", help="also time --engine dask with no address"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="flowdc-bench-dist-"))
     work.chmod(0o755)  # nginx's workers run as an unprivileged user
-    started: list[subprocess.Popen] = []
+    nginx: subprocess.Popen | None = None
+    cluster: list[subprocess.Popen] = []
     try:
         sizes = make_pool(work / "www", args.pool)
         port = free_port()
-        started.append(start_nginx(work / "www", work, port))
+        nginx = start_nginx(work / "www", work, port)
         urls = [
             f"http://{HOSTS[i % len(HOSTS)]}:{port}/{i % args.pool}.jpg" for i in range(args.urls)
         ]
         labels = [f"class_{i % 10}" for i in range(args.urls)]
         pq.write_table(pa.table({"url": urls, "label": labels}), work / "urls.parquet")
-        address, cluster = start_cluster(work)
-        started.extend(cluster)
+        address = start_cluster(work, cluster)
         print(
             f"{args.urls:,} URLs, pool of {args.pool} JPEGs, median "
             f"{statistics.median(sizes) / 1e3:.0f} KB, {os.cpu_count()} cores, shards of "
@@ -124,13 +110,14 @@ def main() -> int:
         engines = {
             "local (2 processes)": [],
             "dask (2 workers)": ["--engine", "dask", "--scheduler", address],
-            "dask (own cluster)": ["--engine", "dask"],
         }
+        if args.own_cluster:
+            engines["dask (own cluster)"] = ["--engine", "dask"]
         runs: dict[str, list[float]] = {name: [] for name in engines}
         for attempt in range(args.repeat):
             for name, extra in engines.items():
                 out = work / f"out{attempt}"
-                runs[name].append(measure([*base, *extra, "--output", str(out)])["seconds"])
+                runs[name].append(timed([*base, *extra, "--output", str(out)]))
                 summary = json.loads((out / "overview.json").read_text())["download_summary"]
                 if summary["successful"] != args.urls:
                     raise RuntimeError(f"{name}: {summary['successful']} of {args.urls} downloaded")
@@ -143,14 +130,19 @@ def main() -> int:
             print(f"{name:<22}{medians[name]:>10.0f}{shown:>26}")
         local = medians["local (2 processes)"]
         print(f"\ndask (2 workers) / local images/s: {medians['dask (2 workers)'] / local:.2f}")
-        print(f"dask (own cluster) / local images/s: {medians['dask (own cluster)'] / local:.2f}")
+        if args.own_cluster:
+            own = medians["dask (own cluster)"]
+            print(f"dask (own cluster) / local images/s: {own / local:.2f}")
     finally:
-        for process in reversed(started):
-            os.killpg(process.pid, signal.SIGTERM)
+        for process in reversed(cluster):
+            process.terminate()
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                process.kill()
+        if nginx is not None:
+            os.killpg(nginx.pid, signal.SIGTERM)
+            nginx.wait(10)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
