@@ -302,6 +302,8 @@ def _cli_value(name: str) -> tuple[str, Any]:
         return "7", 7
     if float in kinds:
         return "2.5", 2.5
+    if any(get_origin(kind) is dict for kind in kinds):
+        return '{"a": 1}', '{"a": 1}'  # JSON text: DownloadConfig parses it
     assert str in kinds, name
     return "some value", "some value"
 
@@ -563,3 +565,14 @@ def test_unknown_flag_with_a_config_file_exits_2_with_one_line(
     done = run_cli("download", "--config", str(config), "--max_retries", "0", cwd=tmp_path)
 
     assert_one_line_failure(done, "--max_retries")
+
+
+def test_json_object_options_from_the_command_line_and_files() -> None:
+    paths = {"input": "in.csv", "output": "out"}
+    config = build_config(paths, {"storage_options": '{"endpoint_url": "http://127.0.0.1:9"}'})
+    assert config.storage_options == {"endpoint_url": "http://127.0.0.1:9"}
+    assert "storage_options" not in config.model_dump()  # may hold secrets
+    config = build_config({**paths, "slurm_options": {"queue": "short"}}, None)
+    assert config.slurm_options == {"queue": "short"}
+    with pytest.raises(FlowDCError, match=r"bad value for 'storage_options'.*not valid JSON"):
+        build_config(paths, {"storage_options": "{endpoint"})
