@@ -67,7 +67,7 @@ def _worker_main(
     tasks: mp.Queue,
     events: mp.Queue,
     parent_pid: int,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None,
 ) -> None:
     """Entry point of a worker process; `processes` is how many share the machine's limits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.plan import Plan
+from flowdc.remote import is_remote
 from flowdc.shard import is_committed, results_path
 from flowdc.status import SUCCESS
 from flowdc.storage import atomic_write_text
@@ -128,7 +129,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         },
         # an output on object storage is built in a local staging folder: name the real one
         "output": {
-            "path": config.output if "://" in config.output else str(output),
+            "path": config.output if is_remote(config.output) else str(output),
             "format": plan.output_format,
         },
         "runs": runs,
