@@ -47,7 +47,7 @@ class FetchResult:
     final_url: str | None = None
     elapsed_seconds: float = 0.0
     retryable: bool = False
-    """A failure that a later run may cure (timeouts, resets, 429, 5xx): `--retry_failed` takes it."""
+    """A failure a later run may cure (timeouts, resets, 429, 5xx): `--retry_failed` takes it."""
     latency: float | None = None
     """Seconds from sending the last attempt to its first response headers."""
 
