@@ -16,7 +16,8 @@ from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.metadata.overview import append_run, build_overview, write_overview
 from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, write_labels_file
-from flowdc.shard import ShardResult, is_committed
+from flowdc.retry import retry_rows
+from flowdc.shard import ShardResult, is_committed, results_path
 from flowdc.storage import OutputLock, check_output, clear_output
 
 Echo = Callable[[str], None]
@@ -67,6 +68,18 @@ def _shard_rows(plan: Plan, shard: int) -> int:
     return plan.total_rows - plan.shard_size * (plan.shard_count - 1)
 
 
+def _retryable_rows(plan: Plan) -> dict[int, int]:
+    """Committed shards with rows worth retrying, and how many."""
+    output = Path(plan.output)
+    found = {}
+    for shard in range(plan.shard_count):
+        if is_committed(output, shard):
+            rows = retry_rows(results_path(output, shard))
+            if rows:
+                found[shard] = len(rows)
+    return found
+
+
 class _ProgressBar:
     """images/s (tqdm's rate), MB/s, successes and failures, on stderr."""
 
@@ -110,10 +123,20 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
     check_columns(config, table)
     output = Path(config.output)
     check_output(output)
+    if config.retry_failed and config.overwrite:
+        raise FlowDCError(
+            "--retry_failed and --overwrite contradict each other: retrying keeps the dataset, "
+            "overwriting deletes it; give one of them"
+        )
     with OutputLock(output):
         if config.overwrite:
             clear_output(output, table.path)
         plan = Plan.load(output)
+        if plan is None and config.retry_failed:
+            raise FlowDCError(
+                f"--retry_failed: {output} holds no earlier FLOW-DC run to retry; run the "
+                f"download without --retry_failed first"
+            )
         if plan is not None:
             check_plan_matches(plan, config, table)
         else:
@@ -125,12 +148,22 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
 
 def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
     output = Path(plan.output)
-    pending = [s for s in range(plan.shard_count) if not is_committed(output, s)]
-    skipped = plan.shard_count - len(pending)
+    rows_to_run = {s: _shard_rows(plan, s) for s in range(plan.shard_count)}
+    rows_to_run = {s: n for s, n in rows_to_run.items() if not is_committed(output, s)}
+    skipped = plan.shard_count - len(rows_to_run)
     if skipped:
         echo(f"resuming: {skipped} of {plan.shard_count} shard(s) already committed")
+    if config.retry_failed:
+        retrying = _retryable_rows(plan)
+        echo(
+            f"retrying {sum(retrying.values()):,} failed row(s) worth another try in "
+            f"{len(retrying)} committed shard(s)"
+        )
+        rows_to_run.update(retrying)
+        skipped -= len(retrying)
+    pending = sorted(rows_to_run)
     show_progress = config.progress if config.progress is not None else sys.stderr.isatty()
-    bar = _ProgressBar(sum(_shard_rows(plan, s) for s in pending), show_progress)
+    bar = _ProgressBar(sum(rows_to_run.values()), show_progress)
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     results: list[ShardResult] = []

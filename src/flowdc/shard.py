@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from yarl import URL
 
@@ -31,6 +32,7 @@ from flowdc.fetch.client import Fetcher, FetchResult, parse_url
 from flowdc.fetch.scheduler import Batch
 from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_image, to_png
 from flowdc.plan import Plan, normalize_label
+from flowdc.retry import retry_rows
 from flowdc.status import MISSING_LABEL, NOT_AN_IMAGE, SUCCESS
 from flowdc.storage import atomic_write_text, temp_name
 from flowdc.writers import SampleWriter, recover_shard
@@ -290,21 +292,91 @@ async def run_shard_async(
     fetcher: Fetcher,
     on_progress: ProgressCallback | None = None,
 ) -> ShardResult:
-    """Run one shard to its commit, or return its stats when it was committed already."""
+    """Run one shard to its commit, or return its stats when it was committed already (with
+    `retry_failed`, a committed shard's retryable failures are fetched again and merged in)."""
     output = Path(plan.output)
     if is_committed(output, shard):
+        if config.retry_failed:
+            return await _retry_shard(plan, shard, config, fetcher, on_progress)
         return ShardResult.load(output, shard)
     started_at, started = _now(), time.monotonic()
     recover_shard(output, shard)
     table = plan.read_shard(shard)
     run = _ShardRun(plan, shard, config, fetcher, on_progress)
+    await _fetch_and_write(run, table.to_pylist())
+    results = run.results_table(table.schema)
+    seconds = time.monotonic() - started
+    return _commit(
+        run, results, ShardResult(shard, 0, 0, 0, 0, 0.0, started_at=started_at), seconds
+    )
+
+
+async def _retry_shard(
+    plan: Plan,
+    shard: int,
+    config: DownloadConfig,
+    fetcher: Fetcher,
+    on_progress: ProgressCallback | None,
+) -> ShardResult:
+    """A retry pass: fetch the retryable rows again; keep every other row and sample as it is."""
+    output = Path(plan.output)
+    rows = set(retry_rows(results_path(output, shard)))
+    previous = ShardResult.load(output, shard)
+    if not rows:
+        return previous
+    started = time.monotonic()
+    committed = pq.read_table(results_path(output, shard))
+    kept = committed.filter(pc.invert(pc.is_in(committed.column("row"), pa.array(sorted(rows)))))
+    # what a killed retry pass placed goes; what the committed results hold stays
+    in_results = pc.drop_null(kept.column("path")).to_pylist()
+    recover_shard(output, shard, keep=frozenset(in_results))
+    table = plan.read_shard(shard)
+    todo = table.filter(pc.is_in(table.column("row"), pa.array(sorted(rows), table["row"].type)))
+    run = _ShardRun(plan, shard, config, fetcher, on_progress)
+    tar = output / f"{shard:05d}.tar"
+    if isinstance(run.writer, TarShardWriter) and tar.exists():
+        try:
+            run.writer.copy_samples(tar, skip_keys=set(todo.column("key").to_pylist()))
+        except BaseException:
+            run.writer.abort()
+            raise
+    await _fetch_and_write(run, todo.to_pylist())
+    fresh = run.results_table(table.schema)
+    merged = pa.concat_tables([kept.select(fresh.schema.names).cast(fresh.schema), fresh])
+    seconds = previous.seconds + time.monotonic() - started
+    return _commit(run, merged.sort_by("row"), previous, seconds)
+
+
+async def _fetch_and_write(run: _ShardRun, rows: list[dict[str, Any]]) -> None:
     try:
-        await run.run(table.to_pylist())
+        await run.run(rows)
         run.writer.commit()
     except BaseException:
         run.writer.abort()
         raise
-    results = run.results_table(table.schema)
+
+
+def _merge_hosts(
+    previous: dict[str, dict[str, Any]], fresh: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per-host figures of two passes over a shard: counts add up, the limits are the latest."""
+    merged = {host: dict(figures) for host, figures in previous.items()}
+    for host, figures in fresh.items():
+        into = merged.setdefault(host, {})
+        for name in ("requests", "successes", "throttled", "latency_sum"):
+            into[name] = round((into.get(name) or 0) + (figures.get(name) or 0), 4)
+        into["mean_latency"] = (
+            round(into["latency_sum"] / into["requests"], 4) if into["requests"] else None
+        )
+        into["rate"], into["concurrency"] = figures.get("rate"), figures.get("concurrency")
+    return merged
+
+
+def _commit(
+    run: _ShardRun, results: pa.Table, previous: ShardResult, seconds: float
+) -> ShardResult:
+    """Results table, then the stats marker (both temp + rename), then the journal goes."""
+    output, shard = run.output, run.shard
     tmp = output / temp_name(results_path(output, shard).name)
     pq.write_table(results, tmp, compression="zstd")
     os.replace(tmp, results_path(output, shard))
@@ -312,6 +384,7 @@ async def run_shard_async(
     counts = Counter(statuses)
     sizes = results.column("bytes").to_pylist()
     successes = counts.get(SUCCESS, 0)
+    fresh_hosts = {host: figures.as_dict() for host, figures in run.batch.hosts.items()}
     result = ShardResult(
         shard=shard,
         rows=results.num_rows,
@@ -320,11 +393,11 @@ async def run_shard_async(
         bytes=sum(
             size or 0 for size, status in zip(sizes, statuses, strict=True) if status == SUCCESS
         ),
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(seconds, 3),
         status_counts=dict(counts),
-        retries=run.batch.retried,
-        hosts=_finite({host: figures.as_dict() for host, figures in run.batch.hosts.items()}),
-        started_at=started_at,
+        retries=previous.retries + run.batch.retried,
+        hosts=_finite(_merge_hosts(previous.hosts, fresh_hosts)),
+        started_at=previous.started_at,
         finished_at=_now(),
     )
     atomic_write_text(stats_path(output, shard), result.to_json())

@@ -27,7 +27,11 @@ SLOW_LATENCY_FACTOR = 2.0
 SLOW_LATENCY_SLACK = 0.1
 """A host is slow when its smoothed latency passes factor x its best latency + slack seconds."""
 LATENCY_SMOOTHING = 0.3
-INITIAL_CONCURRENCY = 8.0
+INITIAL_CONCURRENCY = 2.0
+PROBE_SECONDS = 10.0
+"""Once a host has slowed down at some concurrency, the limit climbs freely to one below that
+level, and tries one more only every PROBE_SECONDS: a probe past a host's knee costs every
+request then in flight a slow answer, so it is made rarely."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class AdaptiveRate:
         self.last_cut = now
         self.cuts += 1
         # spend no saved-up burst right after a cut: the host just said it is full
-        self.next_free = max(self.next_free, now)
+        self.next_free = max(self.next_free, now + (self.burst - 1.0) / self.rate)
         return True
 
 
@@ -104,6 +108,8 @@ class AdaptiveConcurrency:
 
     def __init__(self, initial: float = INITIAL_CONCURRENCY) -> None:
         self.limit = initial
+        self.knee = math.inf  # the concurrency at which the host last slowed down
+        self.next_probe = -math.inf
         self.best_latency = math.inf
         self.smoothed_latency: float | None = None
         self.slow_start = True
@@ -117,6 +123,8 @@ class AdaptiveConcurrency:
     def on_answer(self, latency: float, sent_at: float, now: float, in_flight: int) -> None:
         """An answer (any status) that took `latency` seconds to its headers."""
         self.best_latency = min(self.best_latency, latency)
+        if sent_at < self.last_cut:
+            return  # sent under the old limit: says nothing of the new one
         if self.smoothed_latency is None:
             self.smoothed_latency = latency
         else:
@@ -127,7 +135,17 @@ class AdaptiveConcurrency:
         if slow:
             self._cut(sent_at, now)
         elif in_flight >= int(self.limit):  # only a limit in use is worth raising
-            self.limit += 1.0 if self.slow_start else 1.0 / self.limit
+            self._raise(now)
+
+    def _raise(self, now: float) -> None:
+        if self.slow_start:
+            self.limit += 1.0
+        elif int(self.limit) + 1 < self.knee:
+            self.limit += 1.0 / self.limit
+        elif now >= self.next_probe:
+            self.limit = float(int(self.limit) + 1)
+            self.knee = max(self.knee, self.limit + 1)  # if this holds, the next may be tried
+            self.next_probe = now + PROBE_SECONDS
 
     def on_timeout(self, sent_at: float, now: float) -> None:
         self._cut(sent_at, now)
@@ -135,7 +153,10 @@ class AdaptiveConcurrency:
     def _cut(self, sent_at: float, now: float) -> None:
         if sent_at < self.last_cut:
             return
+        self.knee = int(self.limit)
+        self.next_probe = now + PROBE_SECONDS
         self.limit = max(1.0, self.limit * DECREASE_FACTOR)
         self.slow_start = False
         self.last_cut = now
         self.cuts += 1
+        self.smoothed_latency = None  # judge the new limit by answers sent under it
