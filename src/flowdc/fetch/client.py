@@ -179,7 +179,8 @@ class Fetcher:
         try:
             return await answer
         finally:
-            self.scheduler.cancel(batch)
+            if not answer.done():  # cancelled: its retry must not go on without it
+                self.scheduler.cancel(batch)
 
     async def _run_attempt(self, job: Job, host: Host) -> None:
         """One attempt of `job`, then either its final result or a place in the retry queue."""

@@ -235,6 +235,8 @@ class Scheduler:
 
     def _went_idle(self, host: Host) -> None:
         """The others' share grew: hosts held at their share may send more."""
+        if self.hosts.get(host.name) is not host:
+            return  # a stale entry of a host already forgotten
         self._busy.discard(host.name)
         self._capped.discard(host)
         self._forget_if_untroubled(host)
