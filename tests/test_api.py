@@ -7,6 +7,7 @@ import _thread
 import asyncio
 import hashlib
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -254,11 +255,16 @@ def test_fetch_bad_input_is_one_flowdc_error(server: ImageServer) -> None:
 
 
 # -- results and the package -------------------------------------------------------------------
-def test_results_of_something_else_is_one_flowdc_error(tmp_path: Path) -> None:
+def test_results_of_something_else_is_one_flowdc_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(flowdc.FlowDCError, match="no dataset folder"):
         flowdc.results(tmp_path / "absent")
     with pytest.raises(flowdc.FlowDCError, match="not a FLOW-DC output"):
         flowdc.results(tmp_path)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if pandas were not installed
+    with pytest.raises(flowdc.FlowDCError, match="pandas is not installed"):
+        flowdc.results_dataframe(tmp_path)
 
 
 def test_public_names_and_the_fetch_subpackage() -> None:

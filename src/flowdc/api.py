@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 ConfigSource = DownloadConfig | str | os.PathLike[str] | Mapping[str, Any]
 
-# fetch / fetch_many take the options of the CLI's "downloading" group: they write no dataset
+# fetch writes no dataset: these placeholders fill the two required options it never uses
 _INPUT_OUTPUT = {"input": "<fetch>", "output": "<fetch>"}
 
 
