@@ -4,6 +4,7 @@ test server (its address goes in through FLOWDC_EXAMPLE_SERVER), so the example 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -58,3 +59,85 @@ def test_quickstart_notebook_runs_against_the_test_server(
     assert table.num_rows == images + 3
     assert table.column("status").to_pylist().count("success") == images
     assert (tmp_path / "example_urls.parquet").exists()
+
+
+class Kernel:
+    """A Jupyter kernel of this venv's Python, driven as a notebook front end drives it."""
+
+    def __init__(self, cwd: Path) -> None:
+        specs = KernelSpecManager(
+            kernel_dirs=[str(Path(sys.prefix) / "share" / "jupyter" / "kernels")]
+        )
+        self.manager = KernelManager(kernel_name="python3", kernel_spec_manager=specs)
+        self.manager.start_kernel(cwd=str(cwd))
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def start(self, code: str) -> str:
+        return self.client.execute(code)
+
+    def reply(self, msg_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.client.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if message["parent_header"].get("msg_id") == msg_id:
+                return message["content"]
+        raise TimeoutError(f"no reply to {msg_id}")
+
+    def run(self, code: str) -> dict:
+        return self.reply(self.start(code))
+
+    def close(self) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+
+def wait_for_request(server: ImageServer, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while server.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.in_flight, "no request reached the server"
+
+
+def test_interrupting_the_kernel_stops_fetch_and_download_cleanly(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """Jupyter's stop button (SIGINT to the kernel's process group) during flowdc.fetch and
+    flowdc.download: a KeyboardInterrupt soon, no request left open, the kernel still works, and
+    the download resumes."""
+    slow = [fresh_server.url(f"slow/2/{i}.jpg") for i in range(4)]
+    kernel = Kernel(tmp_path)
+    try:
+        assert kernel.run("import flowdc, pyarrow as pa, pyarrow.parquet as pq")["status"] == "ok"
+        msg_id = kernel.start(f"flowdc.fetch({fresh_server.url('slow/30/1.jpg')!r})")
+        wait_for_request(fresh_server)
+        interrupted = time.monotonic()
+        kernel.manager.interrupt_kernel()
+        reply = kernel.reply(msg_id, timeout=20)
+        assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+        assert time.monotonic() - interrupted < 10
+        deadline = time.monotonic() + 5
+        while fresh_server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fresh_server.in_flight == 0, "the interrupted fetch left its request open"
+
+        download = (
+            f"pq.write_table(pa.table({{'url': {slow!r}}}), 'slow.parquet')\n"
+            "result = flowdc.download(input='slow.parquet', output='ds', shard_size=2, "
+            "processes=1, enable_rate_limiting=False, timeout=10)\n"
+            "print(result.successful, result.total, result.ok)"
+        )
+        msg_id = kernel.start(download)
+        wait_for_request(fresh_server)
+        kernel.manager.interrupt_kernel()
+        reply = kernel.reply(msg_id, timeout=60)
+        assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+        assert "run the same command again to resume" in reply["evalue"]
+        assert not list((tmp_path / "ds").glob("*_stats.json"))
+
+        assert kernel.run(download)["status"] == "ok"  # the kernel lives on; the rerun resumes
+        table = flowdc.results(tmp_path / "ds")
+        assert table.column("status").to_pylist() == ["success"] * 4
+    finally:
+        kernel.close()
