@@ -12,7 +12,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from flowdc import __version__
 from flowdc.errors import FlowDCError
@@ -21,7 +28,13 @@ InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "x
 OutputFormat = Literal["webdataset", "imagefolder"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 
-DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (image dataset downloader; python-aiohttp)"
+PROJECT_URL = "https://github.com/flowdc/flowdc"
+DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader)"
+
+
+def user_agent_with_contact(contact: str) -> str:
+    """The default User-Agent with a contact address, so a host's admin can reach the user."""
+    return f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader; contact: {contact})"
 
 
 class DownloadConfig(BaseModel):
@@ -73,20 +86,58 @@ class DownloadConfig(BaseModel):
         50_000_000, ge=1, description="Largest response body accepted, in bytes."
     )
     user_agent: str = Field(
-        DEFAULT_USER_AGENT, min_length=1, description="User-Agent header sent with every request."
+        DEFAULT_USER_AGENT,
+        min_length=1,
+        description="User-Agent header sent with every request; default names FLOW-DC and its "
+        "version (see --contact).",
+    )
+    contact: str | None = Field(
+        None,
+        description="Contact address (e-mail or URL) added to the default User-Agent, so a "
+        "host's admin can reach you instead of blocking you.",
+    )
+    ignore_opt_out: bool = Field(
+        False,
+        description="Download images whose X-Robots-Tag says noai, noimageai, noindex or "
+        "noimageindex (default: skip them with status opted_out).",
+    )
+    retry_failed: bool = Field(
+        False,
+        description="On an existing output: download again only the rows whose final status was "
+        "a failure worth retrying (timeouts, resets, 429, 5xx), and merge them in.",
     )
     enable_rate_limiting: bool = Field(
-        True, description="Limit request rate per host with a token bucket."
+        True,
+        description="Limit each host's request rate with a token bucket (Retry-After is obeyed "
+        "either way).",
+    )
+    adaptive_rate_limit: bool = Field(
+        True,
+        description="Adapt each host's rate by AIMD: grow while it answers well, cut on 429, 503 "
+        "and timeouts (off: a fixed rate_limit).",
     )
     rate_limit: float = Field(
         20.0,
         gt=0,
         le=1_000_000,
-        description="Requests per second per host, over all processes (polite; raise it, or turn "
-        "rate limiting off, for a big host such as an object store).",
+        description="Starting requests per second per host, over all processes (the fixed rate "
+        "when adaptive_rate_limit is off).",
+    )
+    min_rate_limit: float = Field(
+        0.5, gt=0, le=1_000_000, description="Floor of the adaptive per-host rate (requests/s)."
+    )
+    max_rate_limit: float = Field(
+        500.0,
+        gt=0,
+        le=1_000_000,
+        description="Ceiling of the adaptive per-host rate (requests/s); raise it for a big "
+        "host such as an object store.",
     )
     rate_capacity: int = Field(
-        20, ge=1, le=1_000_000, description="Burst size of the per-host token bucket."
+        20,
+        ge=1,
+        le=1_000_000,
+        description="Burst size of the per-host token bucket (at most one second's worth).",
     )
 
     # machine use
@@ -126,6 +177,17 @@ class DownloadConfig(BaseModel):
         if value is not None and not value.strip():
             raise ValueError("must not be empty (omit it for no label)")
         return value
+
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> DownloadConfig:
+        if self.min_rate_limit > self.max_rate_limit:
+            raise ValueError(
+                f"min_rate_limit {self.min_rate_limit:g} is above max_rate_limit "
+                f"{self.max_rate_limit:g}; lower the floor or raise the ceiling"
+            )
+        if self.contact is not None and self.user_agent == DEFAULT_USER_AGENT:
+            object.__setattr__(self, "user_agent", user_agent_with_contact(self.contact))
+        return self
 
     def effective_processes(self) -> int:
         return max(1, min(self.processes, self.concurrent_downloads))

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from yarl import URL
 from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
+from flowdc.fetch.scheduler import Batch
 from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_image, to_png
 from flowdc.plan import Plan, normalize_label
 from flowdc.status import MISSING_LABEL, NOT_AN_IMAGE, SUCCESS
@@ -58,6 +60,7 @@ RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("elapsed_seconds", pa.float32()),
     ("host", pa.string()),
     ("final_url", pa.string()),
+    ("retryable", pa.bool_()),
 ]
 
 
@@ -84,6 +87,10 @@ class ShardResult:
     bytes: int
     seconds: float
     status_counts: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per host: requests, successes, throttled (429/503 answers), latency_sum, mean_latency,
+    the rate (requests/s, this process) and concurrency its limits had settled at."""
     started_at: str = ""
     finished_at: str = ""
     flowdc_version: str = __version__
@@ -155,6 +162,7 @@ class _ShardRun:
         self.needs_label = plan.output_format == "imagefolder"
         self.extra_names = list(plan.extra_columns)
         self.records: list[dict[str, Any]] = []
+        self.batch = Batch()
         self.writer: SampleWriter = (
             FolderShardWriter(self.output, shard, plan.label_folders or {})
             if plan.output_format == "imagefolder"
@@ -162,21 +170,22 @@ class _ShardRun:
         )
 
     async def run(self, rows: list[dict[str, Any]]) -> None:
-        pending = iter(rows)
+        """Hand every row to the fetcher's per-host queues; finish when each has its result."""
+        try:
+            for row in rows:
+                row["label"] = normalize_label(row.get("label"))
+                if self.needs_label and row["label"] is None:
+                    missing = "no label: nothing names its folder"
+                    await self.process(row, FetchResult(status=MISSING_LABEL, error=missing))
+                    continue
+                answered = self.fetcher.submit(row["url"], partial(self.process, row), self.batch)
+                if answered is not None:
+                    await self.process(row, answered)
+            await self.batch.wait()
+        finally:
+            self.fetcher.scheduler.cancel(self.batch)
 
-        async def worker() -> None:
-            for row in pending:
-                await self.process(row)
-
-        count = min(len(rows), self.fetcher.concurrency)
-        await asyncio.gather(*(worker() for _ in range(count)))
-
-    async def process(self, row: dict[str, Any]) -> None:
-        row["label"] = normalize_label(row.get("label"))
-        if self.needs_label and row["label"] is None:
-            fetched = FetchResult(status=MISSING_LABEL, error="no label: nothing names its folder")
-        else:
-            fetched = await self.fetcher.fetch(row["url"])
+    async def process(self, row: dict[str, Any], fetched: FetchResult) -> None:
         record = self._record(row, fetched)
         if fetched.ok and fetched.data is not None:
             self._store(row, fetched, record)
@@ -208,6 +217,7 @@ class _ShardRun:
             "path": None,
             "elapsed_seconds": round(fetched.elapsed_seconds, 4),
             "host": parsed.host if parsed is not None else None,
+            "retryable": fetched.retryable,
             "final_url": _without_credentials(fetched.final_url)
             if fetched.final_url != url
             else None,
@@ -312,6 +322,8 @@ async def run_shard_async(
         ),
         seconds=round(time.monotonic() - started, 3),
         status_counts=dict(counts),
+        retries=run.batch.retried,
+        hosts=_finite({host: figures.as_dict() for host, figures in run.batch.hosts.items()}),
         started_at=started_at,
         finished_at=_now(),
     )
