@@ -30,6 +30,7 @@ ConfigSource = DownloadConfig | str | os.PathLike[str] | Mapping[str, Any]
 
 # fetch writes no dataset: these placeholders fill the two required options it never uses
 _INPUT_OUTPUT = {"input": "<fetch>", "output": "<fetch>"}
+_OUTPUT_ONLY = {"retry_failed"}
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,16 @@ def download(config: ConfigSource | None = None, /, **options: Any) -> DownloadR
     )
 
 
-def _fetch_config(options: dict[str, Any]) -> DownloadConfig:
+def _fetch_options() -> list[str]:
+    """The CLI's downloading and politeness options, less those that act on an output."""
     from flowdc.cli import _GROUPS
 
-    allowed = _GROUPS["downloading"]
+    groups = [g for t, g in _GROUPS.items() if t == "downloading" or t.startswith("politeness")]
+    return [name for group in groups for name in group if name not in _OUTPUT_ONLY]
+
+
+def _fetch_config(options: dict[str, Any]) -> DownloadConfig:
+    allowed = _fetch_options()
     for key in options:
         name = key.replace("-", "_")
         if name not in allowed:
@@ -194,8 +201,9 @@ async def _fetch_all(urls: list[str], config: DownloadConfig) -> list[Fetched]:
 
 
 def fetch_many(urls: Iterable[str], **options: Any) -> list[Fetched]:
-    """Fetch `urls` (in this order) with the CLI's downloading options (timeout,
-    max_retry_attempts, rate_limit, ...); nothing is written. Works in a running event loop."""
+    """Fetch `urls` (answers in their order) with the CLI's downloading and politeness options
+    (timeout, max_retry_attempts, rate_limit, ...); nothing is written. Works in a running
+    event loop."""
     if isinstance(urls, (str, bytes)):
         raise FlowDCError("fetch_many takes a list of URLs; for one URL use flowdc.fetch(url)")
     from flowdc.interactive import run_sync
