@@ -17,8 +17,8 @@ demo: setup
 	$(BIN)/flowdc demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
 test: setup lint
 	$(BIN)/pytest -q

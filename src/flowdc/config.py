@@ -148,7 +148,7 @@ class DownloadConfig(BaseModel):
         description="Worker processes on the local engine; default: the number of cores.",
     )
     progress: bool | None = Field(
-        None, description="Show a progress bar; default: only when stderr is a terminal."
+        None, description="Show a progress bar; default: when stderr is a terminal, and in Jupyter."
     )
 
     # description of the result

@@ -14,6 +14,7 @@ from flowdc.config import DownloadConfig
 from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
+from flowdc.interactive import in_notebook, tqdm_class
 from flowdc.metadata.overview import append_run, build_overview, write_overview
 from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, write_labels_file
 from flowdc.retry import retry_rows
@@ -88,14 +89,11 @@ class _ProgressBar:
 
         from tqdm import tqdm
 
+        bar_class = tqdm_class()  # the notebook bar in Jupyter
         columns = shutil.get_terminal_size((100, 24)).columns
-        self.bar = tqdm(
-            total=total,
-            unit="img",
-            disable=not enabled,
-            ncols=columns if columns > 0 else 100,
-            smoothing=0.1,
-            desc="download",
+        width = {"ncols": columns if columns > 0 else 100} if bar_class is tqdm else {}
+        self.bar = bar_class(
+            total=total, unit="img", disable=not enabled, smoothing=0.1, desc="download", **width
         )
         self.started = time.monotonic()
 
@@ -162,7 +160,9 @@ def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
         rows_to_run.update(retrying)
         skipped -= len(retrying)
     pending = sorted(rows_to_run)
-    show_progress = config.progress if config.progress is not None else sys.stderr.isatty()
+    show_progress = (
+        config.progress if config.progress is not None else sys.stderr.isatty() or in_notebook()
+    )
     bar = _ProgressBar(sum(rows_to_run.values()), show_progress)
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
