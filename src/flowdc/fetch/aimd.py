@@ -23,8 +23,8 @@ ADDITIVE_SHARE = 0.05
 """After a throttle, the rate grows by this share of the rate it was cut from, per second."""
 ADDITIVE_MIN = 0.1
 """... and by at least this many requests/s per second, the same in every process."""
-SLOW_LATENCY_FACTOR = 2.0
-SLOW_LATENCY_SLACK = 0.1
+SLOW_LATENCY_FACTOR = 3.0
+SLOW_LATENCY_SLACK = 0.5
 """A host is slow when its smoothed latency passes factor x its best latency + slack seconds."""
 LATENCY_SMOOTHING = 0.3
 INITIAL_CONCURRENCY = 2.0
