@@ -19,6 +19,7 @@ the hosts answered, success rate, and each host's requests/s over the run.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,13 @@ def run_once(server: ImageServer, input_path: Path, work: Path, processes: int) 
         times = [when for when, status in entries if status == 200]
         span = (max(times) - min(times)) if len(times) > 1 else 0.0
         per_host_rate[host] = len(times) / span if span else float("nan")
+    # the rate each worker process's limiter settled at for each host (fairness across processes)
+    settled: dict[str, dict[str, float]] = {}
+    for stats_file in output.glob("*_stats.json"):
+        stats = json.loads(stats_file.read_text())
+        for host, figures in stats["hosts"].items():
+            if figures["rate"] is not None:
+                settled.setdefault(host, {})[stats["worker"]] = figures["rate"]
     first = min(when for entries in answers.values() for when, _ in entries)
     last = max(when for entries in answers.values() for when, _ in entries)
     return {
@@ -107,6 +115,7 @@ def run_once(server: ImageServer, input_path: Path, work: Path, processes: int) 
         "throttled": throttled,
         "per_host_rate": per_host_rate,
         "per_host_throttled": per_host_throttled,
+        "settled": settled,
     }
 
 
@@ -163,6 +172,13 @@ def main() -> int:
                 f"{host.rsplit('.', 1)[1]}: {observed:.0f} [{rate or 'inf'}] {throttled:.0f}x429"
             )
         print(f"processes={processes}: " + ", ".join(cells))
+    print("\n2 processes: the rate each process's limiter settled at (requests/s), per host")
+    for host, rate in zip(HOSTS, RATES, strict=True):
+        if rate is None or rate > 40:
+            continue
+        shares = [sorted(r["settled"].get(host, {}).values()) for r in runs[2]]
+        text = "; ".join(" + ".join(f"{value:.1f}" for value in share) for share in shares)
+        print(f"{host} (capacity {rate}): {text}")
     print("\ntargets met" if ok else "\nTARGETS MISSED")
     return 0 if ok else 1
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -95,6 +96,8 @@ class ShardResult:
     the rate (requests/s, this process) and concurrency its limits had settled at."""
     started_at: str = ""
     finished_at: str = ""
+    worker: str = ""
+    """host:pid of the process that ran the shard (the last pass of it)."""
     flowdc_version: str = __version__
     skipped: bool = False
 
@@ -399,6 +402,7 @@ def _commit(
         hosts=_finite(_merge_hosts(previous.hosts, fresh_hosts)),
         started_at=previous.started_at,
         finished_at=_now(),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     atomic_write_text(stats_path(output, shard), result.to_json())
     drop_journal(output, shard)
