@@ -42,6 +42,7 @@ _GROUPS = {
         "dataset_description",
         "dataset_license",
         "dataset_creator",
+        "dataset_url",
         "dataset_version",
         "dataset_citation",
         "dataset_keywords",

@@ -52,6 +52,7 @@ RESERVED_COLUMNS = (
     "host",
     "final_url",
     "class_index",
+    "fetched_at",
 )
 
 
