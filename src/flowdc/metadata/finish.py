@@ -7,6 +7,7 @@ from typing import Any
 
 from flowdc.config import DownloadConfig
 from flowdc.metadata.croissant import write_croissant
+from flowdc.metadata.report import write_report
 from flowdc.plan import Plan
 
 
@@ -22,3 +23,7 @@ def finish_metadata(
         write_croissant(plan, config, overview, echo)
     except OSError as exc:
         echo(f"warning: could not write croissant.json: {exc.strerror or exc}")
+    try:
+        write_report(plan, overview)
+    except OSError as exc:
+        echo(f"warning: could not write report.html: {exc.strerror or exc}")
