@@ -235,8 +235,14 @@ def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, st
 def build_report(plan: Plan, overview: dict[str, Any]) -> str:
     """The HTML page for the output of `plan`."""
     table = read_results(plan, _COLUMNS)
-    if table is None:
-        table = pa.table({name: pa.array([], pa.string()) for name in _COLUMNS[:3]})
+    if table is None:  # nothing committed yet
+        table = pa.table(
+            {
+                "shard": pa.array([], pa.int32()),
+                "status": pa.array([], pa.string()),
+                "bytes": pa.array([], pa.int64()),
+            }
+        )
     stats = read_stats(plan)
     summary = overview["download_summary"]
     kind, verdict = _verdict(summary, overview)
