@@ -288,7 +288,9 @@ def test_no_dataset_option_means_no_croissant(server: ImageServer, tmp_path: Pat
 
 def test_dataset_version_must_be_semantic() -> None:
     with pytest.raises(FlowDCError, match=r"MAJOR\.MINOR\.PATCH"):
-        build_config(overrides={"input": "a", "output": "b", "dataset_version": "1.0"})
+        build_config(overrides={"input": "a", "output": "b", "dataset_version": "v1.0-beta"})
+    padded = build_config(overrides={"input": "a", "output": "b", "dataset_version": "2.1"})
+    assert padded.dataset_version == "2.1.0"
 
 
 # -- overview ----------------------------------------------------------------------------------

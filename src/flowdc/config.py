@@ -141,9 +141,13 @@ class DownloadConfig(BaseModel):
     @field_validator("dataset_version")
     @classmethod
     def _semantic_version(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)){2}", value):
+        """Croissant asks for MAJOR.MINOR.PATCH; 1 and 1.2 (older configs) are padded."""
+        if value is None:
+            return None
+        if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)){0,2}", value.strip()):
             raise ValueError("must be MAJOR.MINOR.PATCH, such as 1.0.0 (Croissant asks for it)")
-        return value
+        parts = value.strip().split(".")
+        return ".".join(parts + ["0"] * (3 - len(parts)))
 
     def croissant_level(self) -> str:
         """The Croissant level asked for, or the default: basic when any dataset_* is set."""
