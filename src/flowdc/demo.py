@@ -90,6 +90,8 @@ def run_demo(output: str, output_format: str, count: int) -> int:
                 "timeout": 10,
                 "enable_rate_limiting": False,
                 "dataset_name": "FLOW-DC demo",
+                "dataset_license": "CC0-1.0",  # the images are generated
+                "dataset_creator": "FLOW-DC demo",
             },
             source="demo",
         )
