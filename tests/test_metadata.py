@@ -58,14 +58,19 @@ def _rows(server: ImageServer) -> list[dict[str, str]]:
             "url": server.url(f"img/{i}.jpg", host=i % 2),
             "species": labels[i % 3],
             "image_license": "CC0" if i % 2 else "CC-BY-4.0",
+            "photo id": str(100 + i),  # a space: not allowed in a Croissant @id
+            "image": f"extra {i}",  # the name of the samples' own image field
         }
         for i in range(24)
     ]
     rows[4]["url"] = server.url("status/404/gone.jpg")
     rows[9]["url"] = server.url("html/page.jpg", host=1)
     rows[13]["url"] = "not a url"
-    rows.append({"url": server.url("img/pic.png"), "species": "cat", "image_license": "CC0"})
-    rows.append({"url": server.url("img/anim.gif"), "species": "dog", "image_license": "CC0"})
+    for name, label in (("pic.png", "cat"), ("anim.gif", "dog")):
+        rows.append(
+            {"url": server.url(f"img/{name}"), "species": label, "image_license": "CC0",
+             "photo id": name, "image": name}
+        )  # fmt: skip
     return rows
 
 
@@ -204,6 +209,8 @@ def test_mlcroissant_load_yields_exactly_the_successful_samples(
             assert record["url"] == row["url"]
             assert record["sha256"] == row["sha256"]
             assert record["image_license"] == row["image_license"]
+            assert record["photo_id"] == row["photo id"]
+            assert record["image_2"] == row["image"]
         else:
             assert "url" not in record
     everything = loaded[combo]["results"]

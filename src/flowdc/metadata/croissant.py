@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,19 +152,41 @@ def _file_object(output: Path, name: str, media_type: str, description: str) -> 
     }
 
 
-def _field(record_set: str, name: str, data_type: str, source: dict[str, Any]) -> dict[str, Any]:
+def _field_ids(names: list[str]) -> dict[str, str]:
+    """An @id part per column: mlcroissant refuses @ids with spaces, and `/` separates the
+    record set from the field; distinct, and never `image` (the samples' own field)."""
+    taken = {"image"}
+    ids = {}
+    for name in names:
+        base = re.sub(r"[^\w-]", "_", name) or "column"
+        ident, n = base, 1
+        while ident in taken:
+            n += 1
+            ident = f"{base}_{n}"
+        taken.add(ident)
+        ids[name] = ident
+    return ids
+
+
+def _field(
+    record_set: str,
+    name: str,
+    data_type: str,
+    source: dict[str, Any],
+    ident: str | None = None,
+) -> dict[str, Any]:
     return {
         "@type": "cr:Field",
-        "@id": f"{record_set}/{name}",
+        "@id": f"{record_set}/{ident or name}",
         "name": name,
         "dataType": data_type,
         "source": source,
     }
 
 
-def _column_field(name: str, kind: pa.DataType) -> dict[str, Any]:
+def _column_field(name: str, kind: pa.DataType, ident: str) -> dict[str, Any]:
     source = {"fileSet": {"@id": "results-tables"}, "extract": {"column": name}}
-    return _field("results", name, _data_type(kind), source)
+    return _field("results", name, _data_type(kind), source, ident)
 
 
 def _distribution(plan: Plan, extensions: list[str]) -> list[dict[str, Any]]:
@@ -220,13 +243,16 @@ def _record_sets(plan: Plan, schema: pa.Schema, comprehensive: bool) -> list[dic
     if comprehensive:
         result_columns += ["error", *_IMAGE_FACTS, *plan.extra_columns]
     result_columns = [name for name in dict.fromkeys(result_columns) if name in schema.names]
+    ids = _field_ids(result_columns)
     results = {
         "@type": "cr:RecordSet",
         "@id": "results",
         "name": "results",
         "description": "One record per input row, failures included (status, error).",
         "key": {"@id": "results/key"},
-        "field": [_column_field(name, schema.field(name).type) for name in result_columns],
+        "field": [
+            _column_field(name, schema.field(name).type, ids[name]) for name in result_columns
+        ],
     }
     sample_fields = [
         {
@@ -256,7 +282,8 @@ def _record_sets(plan: Plan, schema: pa.Schema, comprehensive: bool) -> list[dic
                 "samples",
                 name,
                 _data_type(schema.field(name).type),
-                {"field": {"@id": f"results/{name}"}},
+                {"field": {"@id": f"results/{ids[name]}"}},
+                ids[name],
             )
         )
     samples = {
