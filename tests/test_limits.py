@@ -180,3 +180,11 @@ def test_opt_out_directives(values: list[str], expected: str | None) -> None:
 def test_unlimited_rate_is_always_available() -> None:
     rate = AdaptiveRate(RateSettings(math.inf, math.inf, math.inf, 1, False))
     assert take_all_at(rate, 0.0) == 1000
+
+
+def test_every_result_column_is_reserved_from_input_columns() -> None:
+    """An input column named like a result column is renamed (input_...), never overwritten."""
+    from flowdc.plan import RESERVED_COLUMNS
+    from flowdc.shard import RESULT_FIELDS
+
+    assert {name for name, _ in RESULT_FIELDS} <= set(RESERVED_COLUMNS)

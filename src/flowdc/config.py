@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,14 +154,24 @@ class DownloadConfig(BaseModel):
 
     # description of the result
     create_overview: bool = Field(True, description="Write overview.json when the run ends.")
-    croissant: CroissantLevel = Field(
-        "no_croissant", description="Croissant metadata level (not written yet by this version)."
+    croissant: CroissantLevel | None = Field(
+        None,
+        description="croissant.json (MLCommons Croissant 1.1) at the output's root: "
+        "no_croissant, basic_croissant or comprehensive_croissant; default: basic_croissant "
+        "when a dataset_* option is given, else no_croissant.",
     )
     dataset_name: str | None = Field(None, description="Dataset name for metadata.")
     dataset_description: str | None = Field(None, description="Dataset description for metadata.")
-    dataset_license: str | None = Field(None, description="Dataset license for metadata.")
+    dataset_license: str | None = Field(
+        None, description="Dataset license for metadata: an SPDX id (CC-BY-4.0) or a URL."
+    )
     dataset_creator: str | None = Field(None, description="Dataset creator for metadata.")
-    dataset_version: str | None = Field(None, description="Dataset version for metadata.")
+    dataset_url: str | None = Field(
+        None, description="Web page of the dataset for metadata; default: the output folder."
+    )
+    dataset_version: str | None = Field(
+        None, description="Dataset version for metadata, as MAJOR.MINOR.PATCH (default: 1.0.0)."
+    )
     dataset_citation: str | None = Field(None, description="How to cite the dataset.")
     dataset_keywords: str | None = Field(None, description="Comma-separated keywords.")
 
@@ -188,6 +199,28 @@ class DownloadConfig(BaseModel):
         if self.contact is not None and self.user_agent == DEFAULT_USER_AGENT:
             object.__setattr__(self, "user_agent", user_agent_with_contact(self.contact))
         return self
+
+    @field_validator("dataset_version")
+    @classmethod
+    def _semantic_version(cls, value: str | None) -> str | None:
+        """Croissant asks for MAJOR.MINOR.PATCH; 1 and 1.2 (older configs) are padded."""
+        if value is None:
+            return None
+        if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)){0,2}", value.strip()):
+            raise ValueError("must be MAJOR.MINOR.PATCH, such as 1.0.0 (Croissant asks for it)")
+        parts = value.strip().split(".")
+        return ".".join(parts + ["0"] * (3 - len(parts)))
+
+    def croissant_level(self) -> str:
+        """The Croissant level asked for, or the default: basic when any dataset_* is set."""
+        if self.croissant is not None:
+            return self.croissant
+        described = any(
+            getattr(self, name) is not None
+            for name in type(self).model_fields
+            if name.startswith("dataset_")
+        )
+        return "basic_croissant" if described else "no_croissant"
 
     def effective_processes(self) -> int:
         return max(1, min(self.processes, self.concurrent_downloads))

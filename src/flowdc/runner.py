@@ -15,6 +15,7 @@ from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.interactive import in_notebook, tqdm_class
+from flowdc.metadata.finish import finish_metadata
 from flowdc.metadata.overview import append_run, build_overview, write_overview
 from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, write_labels_file
 from flowdc.retry import retry_rows
@@ -112,11 +113,6 @@ class _ProgressBar:
 
 def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
     """Run or resume the download that `config` describes."""
-    if config.croissant != "no_croissant":
-        echo(
-            f"note: croissant={config.croissant} is accepted but Croissant metadata is not "
-            f"written by this version yet"
-        )
     table = InputTable(config.input, config.input_format)
     check_columns(config, table)
     output = Path(config.output)
@@ -197,6 +193,7 @@ def _run_plan(plan: Plan, config: DownloadConfig, echo: Echo) -> RunSummary:
     if plan.output_format == "imagefolder" and plan.labels is not None:
         _remove_empty_label_folders(plan)
         write_labels_file(plan, overview["class_counts"])
+    finish_metadata(plan, config, overview, echo)
     return RunSummary(
         output=str(output),
         total_rows=plan.total_rows,

@@ -64,6 +64,7 @@ RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("host", pa.string()),
     ("final_url", pa.string()),
     ("retryable", pa.bool_()),
+    ("fetched_at", pa.timestamp("ms", tz="UTC")),  # when the row finished: the report's time axis
 ]
 
 
@@ -226,6 +227,7 @@ class _ShardRun:
             "final_url": _without_credentials(fetched.final_url)
             if fetched.final_url != url
             else None,
+            "fetched_at": dt.datetime.now(dt.timezone.utc),
         }
         for name in self.extra_names:
             record[name] = row.get(name)
