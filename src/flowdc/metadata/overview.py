@@ -102,7 +102,9 @@ def _finish_hosts(
     hosts: dict[str, dict[str, Any]], stats: list[dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Rates and means per host, merged with the limiter's figures from the shard stats
-    ("hosts": requests, successes, throttled, rate, latency_sum), when a version wrote them."""
+    ("hosts": requests, successes, throttled, rate, latency_sum), when a version wrote them.
+    `rate` is the highest rate (requests/s) one process's limiter had settled at when a shard
+    ended; `mean_latency` is seconds to the response headers over all requests."""
     limiter: dict[str, dict[str, Any]] = {}
     for shard in stats:
         for host, figures in (shard.get("hosts") or {}).items():
@@ -128,6 +130,11 @@ def _finish_hosts(
                 name: round(value, 4) if isinstance(value, float) else value
                 for name, value in limiter[host].items()
             }
+            requests = limiter[host].get("requests")
+            if requests and "latency_sum" in limiter[host]:
+                figures["limiter"]["mean_latency"] = round(
+                    limiter[host]["latency_sum"] / requests, 4
+                )
         result[host] = figures
     return result
 
