@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup
+.PHONY: demo test lint setup browser
 
 $(BIN)/flowdc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ demo: setup
 	$(BIN)/flowdc demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 
-test: setup lint
+# The report test opens report.html in Debian's headless Chromium; install it where apt-get can.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the report test ..."; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			>/dev/null) || echo "could not install chromium: the report's browser test will skip"; \
+	else echo "no /usr/bin/chromium and no root apt-get: the report's browser test will skip"; fi
+
+test: setup lint browser
 	$(BIN)/pytest -q

@@ -345,7 +345,12 @@ def test_concurrency_defaults_to_config(fresh_server: ImageServer) -> None:
     assert 1 < fresh_server.max_in_flight <= 3
 
 
-RATE = {"enable_rate_limiting": True, "rate_limit": 20, "rate_capacity": 5}
+RATE = {
+    "enable_rate_limiting": True,
+    "adaptive_rate_limit": False,
+    "rate_limit": 20,
+    "rate_capacity": 5,
+}
 
 
 def test_rate_limit_per_host(fresh_server: ImageServer) -> None:

@@ -240,6 +240,8 @@ def test_split_keywords_never_stay_words_of_a_folder_name(label: str) -> None:
         "00003.parquet",
         "overview.json",
         "labels.json",
+        "croissant.json",
+        "Report.html",
         "metadata.csv",
         "METADATA.JSONL",
     ],

@@ -1,3 +1,63 @@
-"""FLOW-DC: turn tables of image URLs and labels into ML-ready image datasets."""
+"""FLOW-DC: turn tables of image URLs and labels into ML-ready image datasets.
+
+The public API (docs/user-guide.md, "Python and notebooks"):
+
+- `download(config=None, **options) -> DownloadResult`: `flowdc download` as a function
+- `fetch(url, **options) -> Fetched`, `fetch_many(urls, **options) -> list[Fetched]`
+- `results(output) -> pyarrow.Table`, `results_dataframe(output) -> pandas.DataFrame`
+- `DownloadConfig`: every option; `FlowDCError`: the one exception for bad input
+
+Names are imported on first use, so `import flowdc` stays cheap for worker processes.
+"""
+
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "download": "flowdc.api",
+    "fetch": "flowdc.api",
+    "fetch_many": "flowdc.api",
+    "results": "flowdc.api",
+    "results_dataframe": "flowdc.api",
+    "DownloadResult": "flowdc.api",
+    "Fetched": "flowdc.api",
+    "DownloadConfig": "flowdc.config",
+    "FlowDCError": "flowdc.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flowdc' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _Package(types.ModuleType):
+    """`flowdc.fetch` is the API function, although src/flowdc/fetch/ is a subpackage: importing
+    a submodule binds it on its parent, and this property keeps the function there. The subpackage
+    stays importable by its full name (`from flowdc.fetch.client import Fetcher`)."""
+
+    @property
+    def fetch(self) -> Any:
+        from flowdc.api import fetch
+
+        return fetch
+
+    @fetch.setter
+    def fetch(self, value: Any) -> None:
+        pass  # the import system binding the subpackage: keep the function
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,4 +1,7 @@
-"""The `flowdc` command: download, demo. Errors a user can fix are one line, never a traceback."""
+"""The `flowdc` command: download, demo, report, validate.
+
+Errors a user can fix are one line, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +32,17 @@ _GROUPS = {
         "max_retry_attempts",
         "retry_backoff_sec",
         "max_bytes",
+        "retry_failed",
+    ),
+    "politeness (per host)": (
         "user_agent",
+        "contact",
+        "ignore_opt_out",
         "enable_rate_limiting",
+        "adaptive_rate_limit",
         "rate_limit",
+        "min_rate_limit",
+        "max_rate_limit",
         "rate_capacity",
     ),
     "machine use": ("processes", "progress"),
@@ -50,6 +61,7 @@ _GROUPS = {
         "dataset_description",
         "dataset_license",
         "dataset_creator",
+        "dataset_url",
         "dataset_version",
         "dataset_citation",
         "dataset_keywords",
@@ -160,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a Dask worker for `download --engine dask` (flowdc worker tcp://MANAGER:8786)",
         add_help=False,
     )
+    report = commands.add_parser(
+        "report",
+        help="write report.html, a self-contained page about a download's output",
+        description="Write OUTPUT/report.html (also written at the end of every run): charts "
+        "of throughput, successes and failures over time, failure reasons, hosts, classes, "
+        "image sizes and a grid of thumbnails, all embedded; it opens offline.",
+        allow_abbrev=False,
+    )
+    report.add_argument("output", metavar="OUTPUT", help="the --output folder of a download")
+    validate = commands.add_parser(
+        "validate",
+        help="check a finished dataset against its results tables (exit 1 on a problem)",
+        description="Check that every committed sample is present once with its sha256, that "
+        "the tars read, and that croissant.json describes the files as they are. Prints a "
+        "verdict; the exit status is 1 when there is a problem.",
+        allow_abbrev=False,
+    )
+    validate.add_argument("output", metavar="OUTPUT", help="the --output folder of a download")
     return parser
 
 
@@ -217,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from flowdc.demo import run_demo
 
             return run_demo(args.output, args.output_format, args.images)
+        if args.command in ("report", "validate"):
+            from flowdc.metadata.commands import run_report, run_validate
+
+            return (run_report if args.command == "report" else run_validate)(args.output)
     except FlowDCError as error:
         from flowdc.runner import Interrupted
 

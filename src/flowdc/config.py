@@ -9,10 +9,18 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from flowdc import __version__
 from flowdc.errors import FlowDCError
@@ -22,7 +30,13 @@ OutputFormat = Literal["webdataset", "imagefolder"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm"]
 
-DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (image dataset downloader; python-aiohttp)"
+PROJECT_URL = "https://github.com/flowdc/flowdc"
+DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader)"
+
+
+def user_agent_with_contact(contact: str) -> str:
+    """The default User-Agent with a contact address, so a host's admin can reach the user."""
+    return f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader; contact: {contact})"
 
 
 class DownloadConfig(BaseModel):
@@ -77,20 +91,58 @@ class DownloadConfig(BaseModel):
         50_000_000, ge=1, description="Largest response body accepted, in bytes."
     )
     user_agent: str = Field(
-        DEFAULT_USER_AGENT, min_length=1, description="User-Agent header sent with every request."
+        DEFAULT_USER_AGENT,
+        min_length=1,
+        description="User-Agent header sent with every request; default names FLOW-DC and its "
+        "version (see --contact).",
+    )
+    contact: str | None = Field(
+        None,
+        description="Contact address (e-mail or URL) added to the default User-Agent, so a "
+        "host's admin can reach you instead of blocking you.",
+    )
+    ignore_opt_out: bool = Field(
+        False,
+        description="Download images whose X-Robots-Tag says noai, noimageai, noindex or "
+        "noimageindex (default: skip them with status opted_out).",
+    )
+    retry_failed: bool = Field(
+        False,
+        description="On an existing output: download again only the rows whose final status was "
+        "a failure worth retrying (timeouts, resets, 429, 5xx), and merge them in.",
     )
     enable_rate_limiting: bool = Field(
-        True, description="Limit request rate per host with a token bucket."
+        True,
+        description="Limit each host's request rate with a token bucket (Retry-After is obeyed "
+        "either way).",
+    )
+    adaptive_rate_limit: bool = Field(
+        True,
+        description="Adapt each host's rate by AIMD: grow while it answers well, cut on 429, 503 "
+        "and timeouts (off: a fixed rate_limit).",
     )
     rate_limit: float = Field(
         20.0,
         gt=0,
         le=1_000_000,
-        description="Requests per second per host, over all processes (polite; raise it, or turn "
-        "rate limiting off, for a big host such as an object store).",
+        description="Starting requests per second per host, over all processes (the fixed rate "
+        "when adaptive_rate_limit is off).",
+    )
+    min_rate_limit: float = Field(
+        0.5, gt=0, le=1_000_000, description="Floor of the adaptive per-host rate (requests/s)."
+    )
+    max_rate_limit: float = Field(
+        500.0,
+        gt=0,
+        le=1_000_000,
+        description="Ceiling of the adaptive per-host rate (requests/s); raise it for a big "
+        "host such as an object store.",
     )
     rate_capacity: int = Field(
-        20, ge=1, le=1_000_000, description="Burst size of the per-host token bucket."
+        20,
+        ge=1,
+        le=1_000_000,
+        description="Burst size of the per-host token bucket (at most one second's worth).",
     )
 
     # machine use
@@ -101,7 +153,7 @@ class DownloadConfig(BaseModel):
         description="Worker processes on the local engine; default: the number of cores.",
     )
     progress: bool | None = Field(
-        None, description="Show a progress bar; default: only when stderr is a terminal."
+        None, description="Show a progress bar; default: when stderr is a terminal, and in Jupyter."
     )
 
     # distributed runs (docs/distributed.md)
@@ -135,14 +187,24 @@ class DownloadConfig(BaseModel):
 
     # description of the result
     create_overview: bool = Field(True, description="Write overview.json when the run ends.")
-    croissant: CroissantLevel = Field(
-        "no_croissant", description="Croissant metadata level (not written yet by this version)."
+    croissant: CroissantLevel | None = Field(
+        None,
+        description="croissant.json (MLCommons Croissant 1.1) at the output's root: "
+        "no_croissant, basic_croissant or comprehensive_croissant; default: basic_croissant "
+        "when a dataset_* option is given, else no_croissant.",
     )
     dataset_name: str | None = Field(None, description="Dataset name for metadata.")
     dataset_description: str | None = Field(None, description="Dataset description for metadata.")
-    dataset_license: str | None = Field(None, description="Dataset license for metadata.")
+    dataset_license: str | None = Field(
+        None, description="Dataset license for metadata: an SPDX id (CC-BY-4.0) or a URL."
+    )
     dataset_creator: str | None = Field(None, description="Dataset creator for metadata.")
-    dataset_version: str | None = Field(None, description="Dataset version for metadata.")
+    dataset_url: str | None = Field(
+        None, description="Web page of the dataset for metadata; default: the output folder."
+    )
+    dataset_version: str | None = Field(
+        None, description="Dataset version for metadata, as MAJOR.MINOR.PATCH (default: 1.0.0)."
+    )
     dataset_citation: str | None = Field(None, description="How to cite the dataset.")
     dataset_keywords: str | None = Field(None, description="Comma-separated keywords.")
 
@@ -172,6 +234,39 @@ class DownloadConfig(BaseModel):
         if value is not None and not isinstance(value, dict):
             raise ValueError("must be a JSON object of option: value pairs")
         return value
+
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> DownloadConfig:
+        if self.min_rate_limit > self.max_rate_limit:
+            raise ValueError(
+                f"min_rate_limit {self.min_rate_limit:g} is above max_rate_limit "
+                f"{self.max_rate_limit:g}; lower the floor or raise the ceiling"
+            )
+        if self.contact is not None and self.user_agent == DEFAULT_USER_AGENT:
+            object.__setattr__(self, "user_agent", user_agent_with_contact(self.contact))
+        return self
+
+    @field_validator("dataset_version")
+    @classmethod
+    def _semantic_version(cls, value: str | None) -> str | None:
+        """Croissant asks for MAJOR.MINOR.PATCH; 1 and 1.2 (older configs) are padded."""
+        if value is None:
+            return None
+        if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)){0,2}", value.strip()):
+            raise ValueError("must be MAJOR.MINOR.PATCH, such as 1.0.0 (Croissant asks for it)")
+        parts = value.strip().split(".")
+        return ".".join(parts + ["0"] * (3 - len(parts)))
+
+    def croissant_level(self) -> str:
+        """The Croissant level asked for, or the default: basic when any dataset_* is set."""
+        if self.croissant is not None:
+            return self.croissant
+        described = any(
+            getattr(self, name) is not None
+            for name in type(self).model_fields
+            if name.startswith("dataset_")
+        )
+        return "basic_croissant" if described else "no_croissant"
 
     def effective_processes(self) -> int:
         return max(1, min(self.processes, self.concurrent_downloads))

@@ -90,6 +90,8 @@ def run_demo(output: str, output_format: str, count: int) -> int:
                 "timeout": 10,
                 "enable_rate_limiting": False,
                 "dataset_name": "FLOW-DC demo",
+                "dataset_license": "CC0-1.0",  # the images are generated
+                "dataset_creator": "FLOW-DC demo",
             },
             source="demo",
         )
@@ -113,6 +115,9 @@ def _show(target: Path, overview: dict, output_format: str) -> None:
     files = sorted(p.name for p in target.iterdir() if not p.name.startswith("."))
     print(f"  files: {', '.join(files[:12])}{' ...' if len(files) > 12 else ''}")
     print(f"  overview: {target / 'overview.json'}")
+    print(f"  report:   {target / 'report.html'} (open it in a browser)")
+    if (target / "croissant.json").exists():
+        print(f"  croissant: {target / 'croissant.json'}   check it all: flowdc validate {target}")
     if output_format == "webdataset":
         print(
             "load it:  import webdataset as wds; "

@@ -44,7 +44,8 @@ _SPLIT_KEYWORDS = {
 
 # Names FLOW-DC itself writes at the output's root, and names Hugging Face reads as metadata.
 _OWN_FILES = re.compile(
-    r"^(\d{5,}(\.tar|\.parquet|_stats\.json)|labels\.json|overview\.json|metadata\..*)$",
+    r"^(\d{5,}(\.tar|\.parquet|_stats\.json)|labels\.json|overview\.json|croissant\.json|report\.html|"
+    r"metadata\..*)$",
     re.IGNORECASE,
 )
 

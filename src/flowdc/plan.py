@@ -52,6 +52,8 @@ RESERVED_COLUMNS = (
     "host",
     "final_url",
     "class_index",
+    "fetched_at",
+    "retryable",
 )
 
 

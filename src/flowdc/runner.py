@@ -17,6 +17,8 @@ from flowdc.engines.dask import check_engine_options
 from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
+from flowdc.interactive import in_notebook, tqdm_class
+from flowdc.metadata.finish import finish_metadata
 from flowdc.metadata.overview import (
     OVERVIEW_FILE,
     RUNS_FILE,
@@ -26,7 +28,8 @@ from flowdc.metadata.overview import (
 )
 from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, write_labels_file
 from flowdc.remote import is_remote, stage_input
-from flowdc.shard import ShardResult, is_committed
+from flowdc.retry import retry_rows
+from flowdc.shard import ShardResult, is_committed, results_path
 from flowdc.storage import OutputLock, check_output, clear_output
 
 Echo = Callable[[str], None]
@@ -77,6 +80,18 @@ def _shard_rows(plan: Plan, shard: int) -> int:
     return plan.total_rows - plan.shard_size * (plan.shard_count - 1)
 
 
+def _retryable_rows(plan: Plan) -> dict[int, int]:
+    """Committed shards with rows worth retrying, and how many."""
+    output = Path(plan.output)
+    found = {}
+    for shard in range(plan.shard_count):
+        if is_committed(output, shard):
+            rows = retry_rows(results_path(output, shard))
+            if rows:
+                found[shard] = len(rows)
+    return found
+
+
 class _ProgressBar:
     """images/s (tqdm's rate), MB/s, successes and failures, on stderr."""
 
@@ -85,14 +100,11 @@ class _ProgressBar:
 
         from tqdm import tqdm
 
+        bar_class = tqdm_class()  # the notebook bar in Jupyter
         columns = shutil.get_terminal_size((100, 24)).columns
-        self.bar = tqdm(
-            total=total,
-            unit="img",
-            disable=not enabled,
-            ncols=columns if columns > 0 else 100,
-            smoothing=0.1,
-            desc="download",
+        width = {"ncols": columns if columns > 0 else 100} if bar_class is tqdm else {}
+        self.bar = bar_class(
+            total=total, unit="img", disable=not enabled, smoothing=0.1, desc="download", **width
         )
         self.started = time.monotonic()
 
@@ -111,12 +123,17 @@ class _ProgressBar:
 
 def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
     """Run or resume the download that `config` describes."""
-    if config.croissant != "no_croissant":
-        echo(
-            f"note: croissant={config.croissant} is accepted but Croissant metadata is not "
-            f"written by this version yet"
-        )
     check_engine_options(config)
+    if config.retry_failed and config.overwrite:
+        raise FlowDCError(
+            "--retry_failed and --overwrite contradict each other: retrying keeps the dataset, "
+            "overwriting deletes it; give one of them"
+        )
+    if config.retry_failed and is_remote(config.output):
+        raise FlowDCError(
+            "--retry_failed works on a local or shared-folder output only, not on object storage "
+            "yet; copy the output to a folder to retry its failures"
+        )
     with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
         local_input = stage_input(config.input, config.storage_options, Path(staging))
         table = InputTable(local_input, config.input_format)
@@ -129,6 +146,11 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
             if config.overwrite:
                 clear_output(output, table.path)
             plan = Plan.load(output)
+            if plan is None and config.retry_failed:
+                raise FlowDCError(
+                    f"--retry_failed: {output} holds no earlier FLOW-DC run to retry; run the "
+                    f"download without --retry_failed first"
+                )
             if plan is not None:
                 check_plan_matches(plan, config, table)
             else:
@@ -168,12 +190,24 @@ def _run_plan(
     plan: Plan, config: DownloadConfig, echo: Echo, store: remote.RemoteStore | None = None
 ) -> RunSummary:
     output = Path(plan.output)
-    pending = [s for s in range(plan.shard_count) if not is_committed(output, s)]
-    skipped = plan.shard_count - len(pending)
+    rows_to_run = {s: _shard_rows(plan, s) for s in range(plan.shard_count)}
+    rows_to_run = {s: n for s, n in rows_to_run.items() if not is_committed(output, s)}
+    skipped = plan.shard_count - len(rows_to_run)
     if skipped:
         echo(f"resuming: {skipped} of {plan.shard_count} shard(s) already committed")
-    show_progress = config.progress if config.progress is not None else sys.stderr.isatty()
-    bar = _ProgressBar(sum(_shard_rows(plan, s) for s in pending), show_progress)
+    if config.retry_failed:
+        retrying = _retryable_rows(plan)
+        echo(
+            f"retrying {sum(retrying.values()):,} failed row(s) worth another try in "
+            f"{len(retrying)} committed shard(s)"
+        )
+        rows_to_run.update(retrying)
+        skipped -= len(retrying)
+    pending = sorted(rows_to_run)
+    show_progress = (
+        config.progress if config.progress is not None else sys.stderr.isatty() or in_notebook()
+    )
+    bar = _ProgressBar(sum(rows_to_run.values()), show_progress)
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     results: list[ShardResult] = []
@@ -217,8 +251,9 @@ def _run_plan(
     if plan.output_format == "imagefolder" and plan.labels is not None:
         _remove_empty_label_folders(plan)
         write_labels_file(plan, overview["class_counts"])
+    finish_metadata(plan, config, overview, echo)
     if store is not None:
-        remote.push_files(store, output, (OVERVIEW_FILE,))
+        remote.push_files(store, output, (OVERVIEW_FILE, "report.html", "croissant.json"))
     return RunSummary(
         output=str(output),
         total_rows=plan.total_rows,

@@ -13,22 +13,27 @@ import hashlib
 import json
 import math
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from yarl import URL
 
 from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
+from flowdc.fetch.scheduler import Batch
 from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_image, to_png
 from flowdc.plan import Plan, normalize_label
+from flowdc.retry import retry_rows
 from flowdc.status import MISSING_LABEL, NOT_AN_IMAGE, SUCCESS
 from flowdc.storage import atomic_write_text, temp_name
 from flowdc.writers import SampleWriter, recover_shard
@@ -58,6 +63,8 @@ RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("elapsed_seconds", pa.float32()),
     ("host", pa.string()),
     ("final_url", pa.string()),
+    ("retryable", pa.bool_()),
+    ("fetched_at", pa.timestamp("ms", tz="UTC")),  # when the row finished: the report's time axis
 ]
 
 
@@ -84,8 +91,14 @@ class ShardResult:
     bytes: int
     seconds: float
     status_counts: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per host: requests, successes, throttled (429/503 answers), latency_sum, mean_latency,
+    the rate (requests/s, this process) and concurrency its limits had settled at."""
     started_at: str = ""
     finished_at: str = ""
+    worker: str = ""
+    """host:pid of the process that ran the shard (the last pass of it)."""
     flowdc_version: str = __version__
     skipped: bool = False
 
@@ -161,6 +174,7 @@ class _ShardRun:
         self.needs_label = plan.output_format == "imagefolder"
         self.extra_names = list(plan.extra_columns)
         self.records: list[dict[str, Any]] = []
+        self.batch = Batch()
         self.writer: SampleWriter = (
             FolderShardWriter(self.output, shard, plan.label_folders or {})
             if plan.output_format == "imagefolder"
@@ -168,21 +182,22 @@ class _ShardRun:
         )
 
     async def run(self, rows: list[dict[str, Any]]) -> None:
-        pending = iter(rows)
+        """Hand every row to the fetcher's per-host queues; finish when each has its result."""
+        try:
+            for row in rows:
+                row["label"] = normalize_label(row.get("label"))
+                if self.needs_label and row["label"] is None:
+                    missing = "no label: nothing names its folder"
+                    await self.process(row, FetchResult(status=MISSING_LABEL, error=missing))
+                    continue
+                answered = self.fetcher.submit(row["url"], partial(self.process, row), self.batch)
+                if answered is not None:
+                    await self.process(row, answered)
+            await self.batch.wait()
+        finally:
+            self.fetcher.scheduler.cancel(self.batch)
 
-        async def worker() -> None:
-            for row in pending:
-                await self.process(row)
-
-        count = min(len(rows), self.fetcher.concurrency)
-        await asyncio.gather(*(worker() for _ in range(count)))
-
-    async def process(self, row: dict[str, Any]) -> None:
-        row["label"] = normalize_label(row.get("label"))
-        if self.needs_label and row["label"] is None:
-            fetched = FetchResult(status=MISSING_LABEL, error="no label: nothing names its folder")
-        else:
-            fetched = await self.fetcher.fetch(row["url"])
+    async def process(self, row: dict[str, Any], fetched: FetchResult) -> None:
         record = self._record(row, fetched)
         if fetched.ok and fetched.data is not None:
             self._store(row, fetched, record)
@@ -214,9 +229,11 @@ class _ShardRun:
             "path": None,
             "elapsed_seconds": round(fetched.elapsed_seconds, 4),
             "host": parsed.host if parsed is not None else None,
+            "retryable": fetched.retryable,
             "final_url": _without_credentials(fetched.final_url)
             if fetched.final_url != url
             else None,
+            "fetched_at": dt.datetime.now(dt.timezone.utc),
         }
         for name in self.extra_names:
             record[name] = row.get(name)
@@ -286,24 +303,98 @@ async def run_shard_async(
     fetcher: Fetcher,
     on_progress: ProgressCallback | None = None,
 ) -> ShardResult:
-    """Run one shard to its commit, or return its stats when it was committed already."""
+    """Run one shard to its commit, or return its stats when it was committed already (with
+    `retry_failed`, a committed shard's retryable failures are fetched again and merged in)."""
     output = Path(plan.output)
     if is_committed(output, shard):
+        if config.retry_failed:
+            return await _retry_shard(plan, shard, config, fetcher, on_progress)
         return ShardResult.load(output, shard)
     started_at, started = _now(), time.monotonic()
     recover_shard(output, shard)
     table = plan.read_shard(shard)
     run = _ShardRun(plan, shard, config, fetcher, on_progress)
-    try:
-        await run.run(table.to_pylist())
-        if is_committed(output, shard):  # another attempt (Dask may run one twice) was first
+    if not await _fetch_and_write(run, table.to_pylist(), first=True):
+        return ShardResult.load(output, shard)
+    results = run.results_table(table.schema)
+    seconds = time.monotonic() - started
+    return _commit(
+        run, results, ShardResult(shard, 0, 0, 0, 0, 0.0, started_at=started_at), seconds
+    )
+
+
+async def _retry_shard(
+    plan: Plan,
+    shard: int,
+    config: DownloadConfig,
+    fetcher: Fetcher,
+    on_progress: ProgressCallback | None,
+) -> ShardResult:
+    """A retry pass: fetch the retryable rows again; keep every other row and sample as it is."""
+    output = Path(plan.output)
+    rows = set(retry_rows(results_path(output, shard)))
+    previous = ShardResult.load(output, shard)
+    if not rows:
+        return previous
+    started = time.monotonic()
+    committed = pq.read_table(results_path(output, shard))
+    kept = committed.filter(pc.invert(pc.is_in(committed.column("row"), pa.array(sorted(rows)))))
+    # what a killed retry pass placed goes; what the committed results hold stays
+    in_results = pc.drop_null(kept.column("path")).to_pylist()
+    recover_shard(output, shard, keep=frozenset(in_results))
+    table = plan.read_shard(shard)
+    todo = table.filter(pc.is_in(table.column("row"), pa.array(sorted(rows), table["row"].type)))
+    run = _ShardRun(plan, shard, config, fetcher, on_progress)
+    tar = output / f"{shard:05d}.tar"
+    if isinstance(run.writer, TarShardWriter) and tar.exists():
+        try:
+            run.writer.copy_samples(tar, skip_keys=set(todo.column("key").to_pylist()))
+        except BaseException:
             run.writer.abort()
-            return ShardResult.load(output, shard)
+            raise
+    await _fetch_and_write(run, todo.to_pylist(), first=False)
+    fresh = run.results_table(table.schema)
+    merged = pa.concat_tables([kept.select(fresh.schema.names).cast(fresh.schema), fresh])
+    seconds = previous.seconds + time.monotonic() - started
+    return _commit(run, merged.sort_by("row"), previous, seconds)
+
+
+async def _fetch_and_write(run: _ShardRun, rows: list[dict[str, Any]], first: bool) -> bool:
+    """Fetch and write the rows; False (and nothing kept) when this is a shard's first pass and
+    another attempt committed the shard meanwhile (Dask may run a task twice)."""
+    try:
+        await run.run(rows)
+        if first and is_committed(run.output, run.shard):
+            run.writer.abort()
+            return False
         run.writer.commit()
     except BaseException:
         run.writer.abort()
         raise
-    results = run.results_table(table.schema)
+    return True
+
+
+def _merge_hosts(
+    previous: dict[str, dict[str, Any]], fresh: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per-host figures of two passes over a shard: counts add up, the limits are the latest."""
+    merged = {host: dict(figures) for host, figures in previous.items()}
+    for host, figures in fresh.items():
+        into = merged.setdefault(host, {})
+        for name in ("requests", "successes", "throttled", "latency_sum"):
+            into[name] = round((into.get(name) or 0) + (figures.get(name) or 0), 4)
+        into["mean_latency"] = (
+            round(into["latency_sum"] / into["requests"], 4) if into["requests"] else None
+        )
+        into["rate"], into["concurrency"] = figures.get("rate"), figures.get("concurrency")
+    return merged
+
+
+def _commit(
+    run: _ShardRun, results: pa.Table, previous: ShardResult, seconds: float
+) -> ShardResult:
+    """Results table, then the stats marker (both temp + rename), then the journal goes."""
+    output, shard = run.output, run.shard
     tmp = output / temp_name(results_path(output, shard).name)
     pq.write_table(results, tmp, compression="zstd")
     os.replace(tmp, results_path(output, shard))
@@ -311,6 +402,7 @@ async def run_shard_async(
     counts = Counter(statuses)
     sizes = results.column("bytes").to_pylist()
     successes = counts.get(SUCCESS, 0)
+    fresh_hosts = {host: figures.as_dict() for host, figures in run.batch.hosts.items()}
     result = ShardResult(
         shard=shard,
         rows=results.num_rows,
@@ -319,10 +411,13 @@ async def run_shard_async(
         bytes=sum(
             size or 0 for size, status in zip(sizes, statuses, strict=True) if status == SUCCESS
         ),
-        seconds=round(time.monotonic() - started, 3),
+        seconds=round(seconds, 3),
         status_counts=dict(counts),
-        started_at=started_at,
+        retries=previous.retries + run.batch.retried,
+        hosts=_finite(_merge_hosts(previous.hosts, fresh_hosts)),
+        started_at=previous.started_at,
         finished_at=_now(),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
     )
     atomic_write_text(stats_path(output, shard), result.to_json())
     drop_journal(output, shard)

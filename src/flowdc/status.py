@@ -6,3 +6,4 @@ NOT_AN_IMAGE = "not_an_image"
 TOO_LARGE = "too_large"
 INVALID_URL = "invalid_url"
 MISSING_LABEL = "missing_label"  # imagefolder only: a row with no label has no folder
+OPTED_OUT = "opted_out"  # the host's X-Robots-Tag says noai, noimageai, noindex or noimageindex

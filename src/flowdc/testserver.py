@@ -16,6 +16,11 @@ and stops with the object. Paths:
 - /redirect/N/NAME          N redirects, then the image
 - /redirect-loop/NAME       a redirect to itself
 - /redirect-file/NAME       a redirect to file:///etc/passwd
+- /robots/DIRECTIVES/NAME   the image with `X-Robots-Tag: DIRECTIVES`
+
+A host may also be given a HostPolicy: a hidden capacity (a token bucket above which it answers
+429, with or without Retry-After) and a slowdown when too many requests are in flight. Every
+request a host answers is logged with its arrival time and status (`log`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import asyncio
 import io
 import random
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -67,12 +74,53 @@ def mime_of(data: bytes) -> str:
     return _MIME["JPEG"]
 
 
+@dataclass
+class HostPolicy:
+    """How one host behaves beyond its paths: its hidden capacity and its slowdown."""
+
+    rate: float | None = None
+    """Requests/s the host accepts (a token bucket holding one second's worth); 429 above."""
+    retry_after: int | None = None
+    """Seconds sent in Retry-After with each 429 (None: no header)."""
+    slow_above: int | None = None
+    """Above this many requests in flight on the host, each answer waits `slow_seconds` more."""
+    slow_seconds: float = 1.0
+    delay: float = 0.0
+    """Seconds every answer waits (the host's base latency)."""
+    _tokens: float = field(default=0.0, repr=False)
+    _stamp: float = field(default=-1.0, repr=False)
+
+    def admit(self, now: float) -> bool:
+        """Take a token of the hidden bucket; False when the host is over its capacity."""
+        if self.rate is None:
+            return True
+        capacity = max(1.0, self.rate)
+        if self._stamp < 0:
+            self._tokens, self._stamp = capacity, now
+        self._tokens = min(capacity, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 class ImageServer:
     """Serve `images` (name -> bytes) from every host in `hosts`, each on its own port."""
 
-    def __init__(self, images: dict[str, bytes], hosts: Iterable[str] = ("127.0.0.1",)) -> None:
+    def __init__(
+        self,
+        images: dict[str, bytes],
+        hosts: Iterable[str] = ("127.0.0.1",),
+        policies: dict[str, HostPolicy] | None = None,
+    ) -> None:
         self.images = images
         self.hosts = list(hosts)
+        self.policies = policies or {}
+        self.log: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        """host -> (time.monotonic() the request arrived, status) for every request answered."""
+        self.host_in_flight: Counter[str] = Counter()
+        self.user_agents: Counter[str] = Counter()
         for host in self.hosts:
             if not host.startswith("127."):
                 raise ValueError(f"test server binds to loopback only, not {host}")
@@ -118,6 +166,8 @@ class ImageServer:
         with self._lock:
             self.hits.clear()
             self.max_in_flight = 0
+            self.log.clear()
+            self.user_agents.clear()
 
     # -- server ------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -143,6 +193,7 @@ class ImageServer:
         app.router.add_get("/redirect/{n}/{name}", self._redirect)
         app.router.add_get("/redirect-loop/{name}", self._redirect_loop)
         app.router.add_get("/redirect-file/{name}", self._redirect_file)
+        app.router.add_get("/robots/{directives}/{name}", self._robots)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         for host in self.hosts:
@@ -156,15 +207,36 @@ class ImageServer:
 
     @web.middleware
     async def _count(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        host = request.transport.get_extra_info("sockname")[0] if request.transport else ""
         with self._lock:
             self.hits[request.path] += 1
+            self.user_agents[request.headers.get("User-Agent", "")] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.host_in_flight[host] += 1
+        status, arrived = 500, time.monotonic()
         try:
-            return await handler(request)
+            response = await self._with_policy(request, handler, host)
+            status = response.status
+            return response
         finally:
             with self._lock:
                 self.in_flight -= 1
+                self.host_in_flight[host] -= 1
+                self.log[host].append((arrived, status))
+
+    async def _with_policy(self, request: web.Request, handler, host: str):  # type: ignore[no-untyped-def]
+        policy = self.policies.get(host)
+        if policy is None:
+            return await handler(request)
+        if policy.delay:
+            await asyncio.sleep(policy.delay)
+        if policy.slow_above is not None and self.host_in_flight[host] > policy.slow_above:
+            await asyncio.sleep(policy.slow_seconds)
+        if not policy.admit(time.monotonic()):
+            headers = {"Retry-After": str(policy.retry_after)} if policy.retry_after else {}
+            return web.Response(status=429, text="too many requests", headers=headers)
+        return await handler(request)
 
     def _image_response(self, name: str) -> web.Response:
         data = self.images.get(name)
@@ -243,3 +315,8 @@ class ImageServer:
 
     async def _redirect_file(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("file:///etc/passwd")
+
+    async def _robots(self, request: web.Request) -> web.StreamResponse:
+        response = self._image_response(request.match_info["name"])
+        response.headers["X-Robots-Tag"] = request.match_info["directives"]
+        return response

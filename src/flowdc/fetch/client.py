@@ -1,7 +1,9 @@
 """HTTP fetching with aiohttp: one session per process, retries, redirects and size limits.
 
 Redirects are followed by hand so that each hop is checked (http and https only, at most
-MAX_REDIRECTS) and the whole chain shares one deadline (`timeout`).
+MAX_REDIRECTS) and the whole chain shares one deadline (`timeout`). Which request goes when is the
+scheduler's business (fetch/scheduler.py: per-host queues); what each host is allowed is the
+adaptive limits' (fetch/aimd.py). This module makes one attempt and learns from its answer.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import email.utils
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -17,12 +20,16 @@ import aiohttp
 from yarl import URL
 
 from flowdc.config import DownloadConfig
-from flowdc.fetch.ratelimit import HostRateLimiter
-from flowdc.status import FAILED_TO_DOWNLOAD, INVALID_URL, SUCCESS, TOO_LARGE
+from flowdc.fetch.aimd import RateSettings
+from flowdc.fetch.robots import opt_out_directive
+from flowdc.fetch.scheduler import Batch, Host, HostFigures, Job, Scheduler
+from flowdc.status import FAILED_TO_DOWNLOAD, INVALID_URL, OPTED_OUT, SUCCESS, TOO_LARGE
 
 MAX_REDIRECTS = 5
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+THROTTLE_STATUS = frozenset({429, 503})
+"""Answers that say the host is over its capacity: the host's rate is cut and Retry-After obeyed."""
 MAX_RETRY_AFTER_SECONDS = 120.0
 _BACKOFF_CAP_SECONDS = 60.0
 
@@ -39,6 +46,10 @@ class FetchResult:
     content_type: str | None = None
     final_url: str | None = None
     elapsed_seconds: float = 0.0
+    retryable: bool = False
+    """A failure a later run may cure (timeouts, resets, 429, 5xx): `--retry_failed` takes it."""
+    latency: float | None = None
+    """Seconds from sending the last attempt to its first response headers."""
 
     @property
     def ok(self) -> bool:
@@ -62,6 +73,8 @@ class _Failure(Exception):
         self.retryable = retryable
         self.http_status = http_status
         self.retry_after = retry_after
+        self.latency: float | None = None
+        self.timed_out = False
 
 
 def parse_url(url: str | None) -> URL | None:
@@ -107,12 +120,18 @@ class Fetcher:
     ) -> None:
         self.config = config
         self.concurrency = concurrency or config.concurrent_downloads
-        self.slots = asyncio.Semaphore(self.concurrency)
-        self.rate_limiter = (
-            HostRateLimiter(config.rate_limit / processes, config.rate_capacity)
+        rate = (
+            RateSettings(
+                initial=config.rate_limit / processes,
+                floor=config.min_rate_limit / processes,
+                ceiling=config.max_rate_limit / processes,
+                capacity=config.rate_capacity,
+                adaptive=config.adaptive_rate_limit,
+            )
             if config.enable_rate_limiting
             else None
         )
+        self.scheduler = Scheduler(self.concurrency, rate, self._run_attempt)
         connector = aiohttp.TCPConnector(
             limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
         )
@@ -131,36 +150,100 @@ class Fetcher:
         # per attempt; retries beyond that are ours (max_retry_attempts, backoff, rate limit).
 
     async def close(self) -> None:
+        await self.scheduler.close()
         await self.session.close()
 
-    async def fetch(self, url: str | None) -> FetchResult:
+    def submit(
+        self, url: str | None, on_done: Callable[[FetchResult], Awaitable[None]], batch: Batch
+    ) -> FetchResult | None:
+        """Queue `url`; `on_done` gets its final result. An invalid URL is answered at once."""
         parsed = parse_url(url)
         if parsed is None:
             return FetchResult(status=INVALID_URL, error=invalid_url_reason(url), attempts=0)
-        started = time.monotonic()
-        attempts = 0
-        max_attempts = 1 + self.config.max_retry_attempts
-        while True:
-            attempts += 1
-            if self.rate_limiter is not None:
-                await self.rate_limiter.acquire(parsed.host or "")
-            try:
-                async with self.slots:
-                    result = await self._attempt(parsed)
-            except _Failure as failure:
-                if not failure.retryable or attempts >= max_attempts:
-                    return FetchResult(
-                        status=failure.status,
-                        error=failure.message,
-                        http_status=failure.http_status,
-                        attempts=attempts,
-                        elapsed_seconds=time.monotonic() - started,
-                    )
-                await asyncio.sleep(self._backoff(attempts, failure.retry_after))
-                continue
-            result.attempts = attempts
-            result.elapsed_seconds = time.monotonic() - started
-            return result
+        batch.add()
+        self.scheduler.submit(Job(parsed, on_done, batch))
+        return None
+
+    async def fetch(self, url: str | None) -> FetchResult:
+        """One URL with the same per-host politeness, retries and checks as a shard's rows."""
+        answer: asyncio.Future[FetchResult] = asyncio.get_running_loop().create_future()
+
+        async def deliver(result: FetchResult) -> None:
+            if not answer.done():
+                answer.set_result(result)
+
+        batch = Batch()
+        immediate = self.submit(url, deliver, batch)
+        if immediate is not None:
+            return immediate
+        try:
+            return await answer
+        finally:
+            if not answer.done():  # cancelled: its retry must not go on without it
+                self.scheduler.cancel(batch)
+
+    async def _run_attempt(self, job: Job, host: Host) -> None:
+        """One attempt of `job`, then either its final result or a place in the retry queue."""
+        clock = self.scheduler.clock
+        sent_at = clock()
+        if job.first_sent is None:
+            job.first_sent = sent_at
+        job.attempts += 1
+        figures = job.batch.figures(host.name)
+        figures.requests += 1
+        try:
+            result = await self._attempt(job.url)
+        except _Failure as failure:
+            self._learn(host, figures, sent_at, failure.latency, failure)
+            max_attempts = 1 + self.config.max_retry_attempts
+            if failure.retryable and job.attempts < max_attempts and not job.batch.cancelled:
+                delay = self._backoff(job.attempts, failure.retry_after)
+                self.scheduler.retry_later(job, host, delay)
+                job.batch.retried += 1
+                return
+            result = FetchResult(
+                status=failure.status,
+                error=failure.message,
+                http_status=failure.http_status,
+                retryable=failure.retryable,
+                latency=failure.latency,
+            )
+        else:
+            self._learn(host, figures, sent_at, result.latency, None)
+            figures.successes += 1
+        result.attempts = job.attempts
+        result.elapsed_seconds = clock() - job.first_sent
+        await job.on_done(result)
+        job.batch.done()
+
+    def _learn(
+        self,
+        host: Host,
+        figures: HostFigures,
+        sent_at: float,
+        latency: float | None,
+        failure: _Failure | None,
+    ) -> None:
+        """What this answer says of the host's capacity."""
+        now = self.scheduler.clock()
+        if latency is not None:
+            figures.latency_sum += latency
+            host.concurrency.on_answer(latency, sent_at, now, host.in_flight)
+        if failure is None:
+            host.rate.on_success()
+        elif failure.timed_out:
+            host.rate.on_throttle(sent_at, now)
+            host.concurrency.on_timeout(sent_at, now)
+        elif failure.http_status in THROTTLE_STATUS:
+            figures.throttled += 1
+            host.rate.on_throttle(sent_at, now)
+            if failure.retry_after is not None:
+                wait = min(failure.retry_after, MAX_RETRY_AFTER_SECONDS)
+                host.blocked_until = max(host.blocked_until, now + wait)
+        elif failure.http_status is not None:
+            host.rate.on_success()  # a 404 is a healthy answer
+        figures.rate = host.rate.rate
+        figures.concurrency = host.concurrency.allowed(self.scheduler.share())
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Full-jitter exponential backoff; a server's Retry-After is a floor."""
@@ -171,7 +254,18 @@ class Fetcher:
         return delay
 
     async def _attempt(self, url: URL) -> FetchResult:
-        deadline = time.monotonic() + self.config.timeout
+        sent = time.monotonic()
+        answered: list[float] = []
+        try:
+            result = await self._follow(url, sent + self.config.timeout, answered)
+        except _Failure as failure:
+            failure.latency = answered[0] - sent if answered else None
+            raise
+        result.latency = answered[0] - sent if answered else None
+        return result
+
+    async def _follow(self, url: URL, deadline: float, answered: list[float]) -> FetchResult:
+        """The request and its redirects; `answered` gets the time of the first headers."""
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
             remaining = deadline - time.monotonic()
@@ -183,6 +277,8 @@ class Fetcher:
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=remaining),
                 ) as response:
+                    if not answered:
+                        answered.append(time.monotonic())
                     if response.status in REDIRECT_STATUS and "Location" in response.headers:
                         current = self._next_hop(current, response)
                         continue
@@ -214,7 +310,9 @@ class Fetcher:
         raise _Failure(FAILED_TO_DOWNLOAD, f"more than {MAX_REDIRECTS} redirects", False)
 
     def _timed_out(self) -> _Failure:
-        return _Failure(FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True)
+        failure = _Failure(FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True)
+        failure.timed_out = True
+        return failure
 
     def _next_hop(self, current: URL, response: aiohttp.ClientResponse) -> URL:
         location = response.headers["Location"]
@@ -247,6 +345,12 @@ class Fetcher:
                 http_status=status,
                 retry_after=retry_after,
             )
+        if not self.config.ignore_opt_out:
+            directive = opt_out_directive(response.headers.getall("X-Robots-Tag", []))
+            if directive is not None:
+                raise _Failure(
+                    OPTED_OUT, f"X-Robots-Tag says {directive}", False, http_status=status
+                )
         limit = self.config.max_bytes
         length = response.content_length
         if length is not None and length > limit:

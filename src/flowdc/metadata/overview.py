@@ -10,11 +10,13 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdc import __version__
 from flowdc.config import DownloadConfig
+from flowdc.metadata.tables import read_stats
 from flowdc.plan import Plan
 from flowdc.remote import is_remote
 from flowdc.shard import is_committed, results_path
@@ -23,12 +25,21 @@ from flowdc.storage import atomic_write_text
 
 OVERVIEW_FILE = "overview.json"
 RUNS_FILE = ".flowdc-runs.jsonl"
-_COLUMNS = ["status", "error", "http_status", "attempts", "bytes", "label"]
+_COLUMNS = [
+    "status",
+    "error",
+    "http_status",
+    "attempts",
+    "bytes",
+    "label",
+    "host",
+    "elapsed_seconds",
+]
 
 
 def _versions() -> dict[str, str]:
     versions = {"flowdc": __version__, "python": platform.python_version()}
-    for package in ("aiohttp", "pyarrow", "pillow", "pydantic", "tqdm", "uvloop"):
+    for package in ("aiohttp", "pyarrow", "pillow", "pydantic", "tqdm", "uvloop", "yarl"):
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
@@ -61,12 +72,81 @@ def _error_kind(message: str | None) -> str:
     return message.split(":")[0][:80]
 
 
+def _add_hosts(hosts: dict[str, dict[str, Any]], table: pa.Table) -> None:
+    """Per-host counts from one results table (rows without a host: invalid URLs)."""
+    retries = pc.max_element_wise(pc.subtract(table.column("attempts"), 1), 0)
+    for row in (
+        table.append_column("retries", retries)
+        .group_by("host")
+        .aggregate(
+            [
+                ("status", "count"),
+                ("retries", "sum"),
+                ("elapsed_seconds", "sum"),
+            ]
+        )
+        .to_pylist()
+    ):
+        host = row["host"] if row["host"] is not None else "(no host)"
+        entry = hosts.setdefault(
+            host, {"rows": 0, "successes": 0, "retries": 0, "elapsed_seconds_sum": 0.0}
+        )
+        entry["rows"] += row["status_count"]
+        entry["retries"] += row["retries_sum"] or 0
+        entry["elapsed_seconds_sum"] += row["elapsed_seconds_sum"] or 0.0
+    ok = table.filter(pc.equal(table.column("status"), SUCCESS))
+    for host, count in Counter(ok.column("host").to_pylist()).items():
+        hosts[host if host is not None else "(no host)"]["successes"] += count
+
+
+def _finish_hosts(
+    hosts: dict[str, dict[str, Any]], stats: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Rates and means per host, merged with the limiter's figures from the shard stats
+    ("hosts": requests, successes, throttled, rate, latency_sum), when a version wrote them.
+    `rate` is the highest rate (requests/s) one process's limiter had settled at when a shard
+    ended; `mean_latency` is seconds to the response headers over all requests."""
+    limiter: dict[str, dict[str, Any]] = {}
+    for shard in stats:
+        for host, figures in (shard.get("hosts") or {}).items():
+            merged = limiter.setdefault(host, {})
+            for name in ("requests", "successes", "throttled", "latency_sum"):
+                if isinstance(figures.get(name), (int, float)):
+                    merged[name] = merged.get(name, 0) + figures[name]
+            if isinstance(figures.get("rate"), (int, float)):
+                merged["rate"] = max(merged.get("rate", 0.0), figures["rate"])
+    result = {}
+    for host, entry in sorted(hosts.items(), key=lambda item: (-item[1]["rows"], item[0])):
+        rows = entry["rows"]
+        figures = {
+            "rows": rows,
+            "successes": entry["successes"],
+            "failures": rows - entry["successes"],
+            "success_rate_percent": round(100.0 * entry["successes"] / rows, 2) if rows else 0.0,
+            "retries": entry["retries"],
+            "mean_seconds_per_row": round(entry["elapsed_seconds_sum"] / rows, 4) if rows else 0.0,
+        }
+        if host in limiter:
+            figures["limiter"] = {
+                name: round(value, 4) if isinstance(value, float) else value
+                for name, value in limiter[host].items()
+            }
+            requests = limiter[host].get("requests")
+            if requests and "latency_sum" in limiter[host]:
+                figures["limiter"]["mean_latency"] = round(
+                    limiter[host]["latency_sum"] / requests, 4
+                )
+        result[host] = figures
+    return result
+
+
 def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
     output = Path(plan.output)
     statuses: Counter[str] = Counter()
     http_statuses: Counter[str] = Counter()
     error_messages: Counter[str] = Counter()
     per_class: Counter[str] = Counter()
+    hosts: dict[str, dict[str, Any]] = {}
     total_bytes = 0
     retries = 0
     committed = 0
@@ -89,6 +169,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         if plan.label_column:
             labels = table.filter(ok).column("label").to_pylist()
             per_class.update(label for label in labels if label is not None)
+        _add_hosts(hosts, table)
     processed = sum(statuses.values())
     successful = statuses.get(SUCCESS, 0)
     runs = read_runs(output)
@@ -113,6 +194,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         "error_messages": dict(error_messages.most_common(50)),
         "http_status_counts": dict(sorted(http_statuses.items())),
         "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
+        "per_host": _finish_hosts(hosts, read_stats(plan)),
         "shards": {
             "total": plan.shard_count,
             "committed": committed,

@@ -25,8 +25,9 @@ class SampleWriter(Protocol):
         """Drop what was written (the shard will run again)."""
 
 
-def recover_shard(output: Path, shard: int) -> None:
-    """Remove what a killed run of this shard left behind, so a rerun starts clean."""
+def recover_shard(output: Path, shard: int, keep: frozenset[str] = frozenset()) -> None:
+    """Remove what a killed run of this shard left behind, so a rerun starts clean (but the
+    ImageFolder paths in `keep`, which a committed results table holds)."""
     from flowdc.storage import TEMP_MARK
     from flowdc.writers.imagefolder import undo_journal
 
@@ -35,7 +36,7 @@ def recover_shard(output: Path, shard: int) -> None:
         for leftover in output.glob(f"{prefix}*{TEMP_MARK}*"):
             if not in_use(leftover):
                 leftover.unlink(missing_ok=True)
-    undo_journal(output, shard)
+    undo_journal(output, shard, keep)
 
 
 def in_use(path: Path) -> bool:

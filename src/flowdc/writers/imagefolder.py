@@ -16,15 +16,16 @@ def journal_path(output: Path, shard: int) -> Path:
     return output / f".{shard:05d}.journal"
 
 
-def undo_journal(output: Path, shard: int) -> None:
-    """Delete what an unfinished run of the shard placed, then the journal itself."""
+def undo_journal(output: Path, shard: int, keep: frozenset[str] = frozenset()) -> None:
+    """Delete what an unfinished run of the shard placed (but the paths in `keep`, which the
+    shard's committed results hold), then the journal itself."""
     journal = journal_path(output, shard)
     if not journal.exists():
         return
     root = output.resolve()
     for line in journal.read_text(encoding="utf-8").splitlines():
         target = (output / line).resolve()
-        if not line or root not in target.parents:
+        if not line or line in keep or root not in target.parents:
             continue
         target.unlink(missing_ok=True)
         for leftover in target.parent.glob(f".{target.name}{TEMP_MARK}*"):

@@ -61,6 +61,17 @@ class TarShardWriter:
         self._write(b"".join(parts))
         return image_name
 
+    def copy_samples(self, source: Path, skip_keys: set[str]) -> None:
+        """Copy every sample of the tar `source` but those whose key is in `skip_keys`, as they
+        are (headers and bodies), into this shard: how a retry pass keeps what was there."""
+        with open(source, "rb") as listing, open(source, "rb") as raw:
+            for member in tarfile.open(fileobj=listing, mode="r:"):
+                if member.name.split(".", 1)[0] in skip_keys:
+                    continue
+                raw.seek(member.offset)
+                end = member.offset_data + member.size + (-member.size % _BLOCK)
+                self._write(raw.read(end - member.offset))
+
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:  # an unbuffered write may take less than all

@@ -1,0 +1,273 @@
+"""Which request goes next: one queue per host, a fixed pool of request slots per process.
+
+A slot takes the next host that may send now (it has work, a token, a free place under its
+concurrency limit, and no Retry-After in force), round robin over such hosts, so a host that must
+wait never holds a slot while it waits and never holds up another host's work (no head-of-line
+blocking). A host that is not ready gets a timer for the moment it will be. A failed attempt
+worth retrying goes back to its host with a ready time (its backoff); a host sends its due
+retries before fresh work, so a retry waits its backoff and its host's permission, never the
+whole queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from yarl import URL
+
+from flowdc.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
+
+Clock = Callable[[], float]
+KEEP_HOSTS = 4096
+"""Idle hosts that never pushed back are forgotten beyond this many (LAION-style lists name
+millions of hosts); a host that throttled or slowed down keeps what was learnt of it."""
+
+
+@dataclass
+class HostFigures:
+    """What one host did for one batch (a shard): the per-host figures of the stats file."""
+
+    requests: int = 0
+    successes: int = 0
+    throttled: int = 0
+    latency_sum: float = 0.0
+    rate: float = 0.0
+    concurrency: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "successes": self.successes,
+            "throttled": self.throttled,
+            "latency_sum": round(self.latency_sum, 4),
+            "mean_latency": round(self.latency_sum / self.requests, 4) if self.requests else None,
+            "rate": round(self.rate, 3),
+            "concurrency": self.concurrency,
+        }
+
+
+class Batch:
+    """Jobs submitted together (one shard): per-host figures, a count of jobs not yet finished,
+    a failure to re-raise, a cancellation that drops its remaining jobs."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostFigures] = {}
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.pending = 0
+        self.retried = 0
+        self._finished = asyncio.Event()
+        self._finished.set()
+
+    def add(self) -> None:
+        self.pending += 1
+        self._finished.clear()
+
+    def done(self) -> None:
+        self.pending -= 1
+        if self.pending <= 0:
+            self._finished.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = self.error or error
+        self._finished.set()
+
+    async def wait(self) -> None:
+        """Until every job finished; raises the first error a job's on_done raised."""
+        await self._finished.wait()
+        if self.error is not None:
+            raise self.error
+
+    def figures(self, host: str) -> HostFigures:
+        figures = self.hosts.get(host)
+        if figures is None:
+            figures = self.hosts[host] = HostFigures()
+        return figures
+
+
+@dataclass
+class Job:
+    url: URL
+    on_done: Callable[[Any], Awaitable[None]]
+    batch: Batch
+    attempts: int = 0
+    first_sent: float | None = None
+    ready_at: float = 0.0
+
+
+@dataclass(eq=False)
+class Host:
+    name: str
+    rate: AdaptiveRate
+    concurrency: AdaptiveConcurrency = field(default_factory=AdaptiveConcurrency)
+    fresh: deque[Job] = field(default_factory=deque)
+    retries: list[tuple[float, int, Job]] = field(default_factory=list)
+    in_flight: int = 0
+    blocked_until: float = -math.inf
+    queued: bool = False
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float = math.inf
+
+    def has_work(self) -> bool:
+        return bool(self.fresh or self.retries)
+
+    def next_job(self, now: float) -> Job | None:
+        if self.retries and self.retries[0][0] <= now:
+            return heapq.heappop(self.retries)[2]
+        if self.fresh:
+            return self.fresh.popleft()
+        return None
+
+    def work_ready_at(self) -> float:
+        if self.fresh:
+            return -math.inf
+        return self.retries[0][0] if self.retries else math.inf
+
+
+class Scheduler:
+    """Per-host queues served by `slots` coroutines that run `attempt(job)`."""
+
+    def __init__(
+        self,
+        slots: int,
+        rate: RateSettings | None,
+        attempt: Callable[[Job, Host], Awaitable[None]],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.slots = slots
+        self.rate_settings = rate
+        self.attempt = attempt
+        self.clock = clock
+        self.hosts: dict[str, Host] = {}
+        self._ready: asyncio.Queue[Host] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._sequence = itertools.count()
+        self._busy: set[str] = set()  # hosts with work queued or in flight
+        self._capped: set[Host] = set()  # hosts waiting for a place under their share
+
+    def host(self, name: str) -> Host:
+        host = self.hosts.get(name)
+        if host is None:
+            settings = self.rate_settings or RateSettings(math.inf, math.inf, math.inf, 1, False)
+            host = self.hosts[name] = Host(name, AdaptiveRate(settings))
+        return host
+
+    def share(self) -> int:
+        """Most slots one host may hold: an equal share of the slots among busy hosts."""
+        return max(1, self.slots // max(1, len(self._busy)))
+
+    def submit(self, job: Job) -> None:
+        self._start()
+        host = self.host(job.url.host or "")
+        host.fresh.append(job)
+        self._busy.add(host.name)
+        self.review(host)
+
+    def retry_later(self, job: Job, host: Host, delay: float) -> None:
+        job.ready_at = self.clock() + delay
+        heapq.heappush(host.retries, (job.ready_at, next(self._sequence), job))
+        self.review(host)
+
+    def review(self, host: Host) -> None:
+        """Put the host in the ready queue if it may send now, else set a timer for when."""
+        if host.queued or not host.has_work():
+            return
+        if host.in_flight >= host.concurrency.allowed(self.share()):
+            self._capped.add(host)  # a finishing request reviews it again
+            return
+        now = self.clock()
+        start = max(host.rate.available_at(now), host.blocked_until, host.work_ready_at())
+        if start <= now:
+            self._cancel_timer(host)
+            host.queued = True
+            self._ready.put_nowait(host)
+        elif start < host.timer_at:
+            self._cancel_timer(host)
+            loop = asyncio.get_running_loop()
+            host.timer_at = start
+            host.timer = loop.call_later(start - now, self._wake, host)
+
+    def _wake(self, host: Host) -> None:
+        host.timer, host.timer_at = None, math.inf
+        self.review(host)
+
+    @staticmethod
+    def _cancel_timer(host: Host) -> None:
+        if host.timer is not None:
+            host.timer.cancel()
+        host.timer, host.timer_at = None, math.inf
+
+    def _start(self) -> None:
+        if not self._workers:
+            self._workers = [asyncio.create_task(self._slot()) for _ in range(self.slots)]
+
+    async def _slot(self) -> None:
+        while True:
+            host = await self._ready.get()
+            host.queued = False
+            now = self.clock()
+            job = host.next_job(now)
+            if job is None or job.batch.cancelled:
+                self.review(host)
+                if host.in_flight == 0 and not host.has_work():
+                    self._went_idle(host)
+                continue
+            host.rate.take(now)
+            host.in_flight += 1
+            self.review(host)  # it may send again at once: back of the round robin
+            try:
+                await self.attempt(job, host)
+            except Exception as exc:  # an on_done that failed (a full disk): its batch fails
+                job.batch.fail(exc)
+            finally:
+                host.in_flight -= 1
+                self.review(host)
+                if host.in_flight == 0 and not host.has_work():
+                    self._went_idle(host)
+
+    def _went_idle(self, host: Host) -> None:
+        """The others' share grew: hosts held at their share may send more."""
+        if self.hosts.get(host.name) is not host:
+            return  # a stale entry of a host already forgotten
+        self._busy.discard(host.name)
+        self._capped.discard(host)
+        self._forget_if_untroubled(host)
+        capped, self._capped = self._capped, set()
+        for other in capped:
+            self.review(other)
+
+    def _forget_if_untroubled(self, host: Host) -> None:
+        if (
+            len(self.hosts) > KEEP_HOSTS
+            and host.rate.cuts == 0
+            and host.concurrency.cuts == 0
+            and host.blocked_until < self.clock()
+        ):
+            self._cancel_timer(host)
+            del self.hosts[host.name]
+
+    def cancel(self, batch: Batch) -> None:
+        batch.cancelled = True
+        for host in self.hosts.values():
+            host.fresh = deque(job for job in host.fresh if job.batch is not batch)
+            host.retries = [entry for entry in host.retries if entry[2].batch is not batch]
+            heapq.heapify(host.retries)
+        for host in list(self.hosts.values()):
+            if host.in_flight == 0 and not host.has_work() and host.name in self._busy:
+                self._went_idle(host)
+
+    async def close(self) -> None:
+        for host in self.hosts.values():
+            self._cancel_timer(host)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []

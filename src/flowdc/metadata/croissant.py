@@ -1,0 +1,508 @@
+"""croissant.json: MLCommons Croissant 1.1 metadata that `mlcroissant` validates and loads.
+
+The distribution matches the output: each tar shard (WebDataset) as a FileObject with its sha256
+and a FileSet of the images inside, or a FileSet of the images in their class folders; every
+results table as a FileObject and a FileSet that reads them all. The record set `samples` has
+one record per downloaded image: the image from the files, joined on its key with the results
+tables for its label (and, comprehensive, every per-image fact). Facts mlcroissant 1.1.1 relies
+on: `@vocab` https://schema.org/, `containedIn` in a 1.1 context, references as
+{"field": {"@id": ...}}, parquet as application/x-parquet (it keeps zero-padded keys).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flowdc import __version__
+from flowdc.config import DownloadConfig
+from flowdc.metadata.tables import committed_shards, read_results
+from flowdc.plan import Plan
+from flowdc.shard import results_path
+from flowdc.status import SUCCESS
+from flowdc.storage import atomic_write_text
+
+CROISSANT_FILE = "croissant.json"
+CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
+RAI_CONFORMS_TO = "http://mlcommons.org/croissant/RAI/1.0"
+
+# The standard 1.1 context (as mlcroissant 1.1.1 writes it): a context that does not match the
+# declared version validates cleanly but reads the wrong files.
+CONTEXT: dict[str, Any] = {
+    "@language": "en",
+    "@vocab": "https://schema.org/",
+    "arrayShape": "cr:arrayShape",
+    "citeAs": "cr:citeAs",
+    "column": "cr:column",
+    "conformsTo": "dct:conformsTo",
+    "containedIn": "cr:containedIn",
+    "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/",
+    "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/",
+    "description": {"@container": "@language"},
+    "equivalentProperty": "cr:equivalentProperty",
+    "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract",
+    "field": "cr:field",
+    "fileProperty": "cr:fileProperty",
+    "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet",
+    "format": "cr:format",
+    "includes": "cr:includes",
+    "isArray": "cr:isArray",
+    "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath",
+    "key": "cr:key",
+    "md5": "cr:md5",
+    "name": {"@container": "@language"},
+    "parentField": "cr:parentField",
+    "path": "cr:path",
+    "recordSet": "cr:recordSet",
+    "references": "cr:references",
+    "regex": "cr:regex",
+    "repeated": "cr:repeated",
+    "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate",
+    "sc": "https://schema.org/",
+    "separator": "cr:separator",
+    "source": "cr:source",
+    "subField": "cr:subField",
+    "transform": "cr:transform",
+}
+
+MEDIA_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "tif": "image/tiff",
+    "tiff": "image/tiff",
+    "ico": "image/vnd.microsoft.icon",
+    "ppm": "image/x-portable-pixmap",
+    "pgm": "image/x-portable-graymap",
+}
+DEFAULT_LICENSE = (
+    "Not stated: each image keeps the license of its source; see each image's url in the "
+    "results tables"
+)
+DEFAULT_CREATOR = "Not stated (set dataset_creator)"
+# Results columns a comprehensive croissant exposes per image, beside key, image and label.
+_IMAGE_FACTS = ("url", "sha256", "width", "height", "format", "bytes", "http_status", "fetched_at")
+# mlcroissant applies a joined field's transform twice (in the join, then when reading the
+# field), so the pattern also matches its own output, a bare key.
+_KEY_REGEX = r"^(?:.*/)?([0-9]+)(?:\.[A-Za-z0-9]+)?$"
+
+Warn = Callable[[str], None]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _license(value: str | None) -> str:
+    if not value:
+        return DEFAULT_LICENSE
+    if "://" in value or " " in value.strip():
+        return value
+    return f"https://spdx.org/licenses/{quote(value.strip())}.html"  # an SPDX id
+
+
+def _data_type(kind: pa.DataType) -> str:
+    if pa.types.is_boolean(kind):
+        return "sc:Boolean"
+    if pa.types.is_integer(kind):
+        return "sc:Integer"
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return "sc:Float"
+    if pa.types.is_timestamp(kind):
+        return "sc:DateTime"
+    if pa.types.is_date(kind):
+        return "sc:Date"
+    return "sc:Text"
+
+
+def _file_object(output: Path, name: str, media_type: str, description: str) -> dict[str, Any]:
+    path = output / name
+    return {
+        "@type": "cr:FileObject",
+        "@id": name,
+        "name": name,
+        "description": description,
+        "contentUrl": name,
+        "encodingFormat": media_type,
+        "contentSize": f"{path.stat().st_size} B",
+        "sha256": sha256_of(path),
+    }
+
+
+def _field_ids(names: list[str]) -> dict[str, str]:
+    """An @id part per column: mlcroissant refuses @ids with spaces, and `/` separates the
+    record set from the field; distinct, and never `image` (the samples' own field)."""
+    taken = {"image"}
+    ids = {}
+    for name in names:
+        base = re.sub(r"[^\w-]", "_", name) or "column"
+        ident, n = base, 1
+        while ident in taken:
+            n += 1
+            ident = f"{base}_{n}"
+        taken.add(ident)
+        ids[name] = ident
+    return ids
+
+
+def _field(
+    record_set: str,
+    name: str,
+    data_type: str,
+    source: dict[str, Any],
+    ident: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "@type": "cr:Field",
+        "@id": f"{record_set}/{ident or name}",
+        "name": name,
+        "dataType": data_type,
+        "source": source,
+    }
+
+
+def _column_field(name: str, kind: pa.DataType, ident: str) -> dict[str, Any]:
+    source = {"fileSet": {"@id": "results-tables"}, "extract": {"column": name}}
+    return _field("results", name, _data_type(kind), source, ident)
+
+
+def _distribution(plan: Plan, extensions: list[str]) -> list[dict[str, Any]]:
+    output = Path(plan.output)
+    shards = committed_shards(plan)
+    files: list[dict[str, Any]] = []
+    images: dict[str, Any] = {
+        "@type": "cr:FileSet",
+        "@id": "images",
+        "name": "images",
+        "encodingFormat": [MEDIA_TYPES.get(ext, f"image/{ext}") for ext in extensions],
+    }
+    if plan.output_format == "webdataset":
+        for shard in shards:
+            files.append(
+                _file_object(
+                    output,
+                    f"{shard:05d}.tar",
+                    "application/x-tar",
+                    f"WebDataset shard {shard}: per sample KEY.<image>, KEY.json, KEY.cls, KEY.txt",
+                )
+            )
+        images["description"] = "The downloaded images inside the tar shards."
+        images["containedIn"] = [{"@id": f"{shard:05d}.tar"} for shard in shards]
+        images["includes"] = [f"*.{ext}" for ext in extensions]
+    else:
+        images["description"] = "The downloaded images, one folder per label."
+        images["includes"] = [f"*/*.{ext}" for ext in extensions]
+    for shard in shards:
+        files.append(
+            _file_object(
+                output,
+                results_path(output, shard).name,
+                "application/x-parquet",
+                f"Results table of shard {shard}: one row per input row, failures included.",
+            )
+        )
+    files.append(images)
+    files.append(
+        {
+            "@type": "cr:FileSet",
+            "@id": "results-tables",
+            "name": "results-tables",
+            "description": "Every results table (NNNNN.parquet) read as one table.",
+            "encodingFormat": "application/x-parquet",
+            "includes": "[0-9][0-9][0-9][0-9][0-9].parquet",
+        }
+    )
+    return files
+
+
+def _record_sets(plan: Plan, schema: pa.Schema, comprehensive: bool) -> list[dict[str, Any]]:
+    result_columns = ["key", "label", "status"] if plan.label_column else ["key", "status"]
+    if comprehensive:
+        result_columns += ["error", *_IMAGE_FACTS, *plan.extra_columns]
+    result_columns = [name for name in dict.fromkeys(result_columns) if name in schema.names]
+    ids = _field_ids(result_columns)
+    results = {
+        "@type": "cr:RecordSet",
+        "@id": "results",
+        "name": "results",
+        "description": "One record per input row, failures included (status, error).",
+        "key": {"@id": "results/key"},
+        "field": [
+            _column_field(name, schema.field(name).type, ids[name]) for name in result_columns
+        ],
+    }
+    sample_fields = [
+        {
+            **_field(
+                "samples",
+                "key",
+                "sc:Text",
+                {
+                    "fileSet": {"@id": "images"},
+                    "extract": {"fileProperty": "fullpath"},
+                    "transform": {"regex": _KEY_REGEX},
+                },
+            ),
+            "references": {"field": {"@id": "results/key"}},
+        },
+        _field(
+            "samples",
+            "image",
+            "sc:ImageObject",
+            {"fileSet": {"@id": "images"}, "extract": {"fileProperty": "content"}},
+        ),
+    ]
+    joined = [name for name in result_columns if name not in ("key", "status", "error")]
+    for name in joined:
+        sample_fields.append(
+            _field(
+                "samples",
+                name,
+                _data_type(schema.field(name).type),
+                {"field": {"@id": f"results/{ids[name]}"}},
+                ids[name],
+            )
+        )
+    samples = {
+        "@type": "cr:RecordSet",
+        "@id": "samples",
+        "name": "samples",
+        "description": "One record per downloaded image: the image, its key and its label.",
+        "key": {"@id": "samples/key"},
+        "field": sample_fields,
+    }
+    return [samples, results]
+
+
+def _classes(class_counts: dict[str, int], plan: Plan) -> dict[str, Any]:
+    index = plan.class_index() if plan.output_format == "webdataset" else {}
+    rows = []
+    for label in plan.labels or sorted(class_counts):
+        row: dict[str, Any] = {"classes/label": label, "classes/images": class_counts.get(label, 0)}
+        if index:
+            row["classes/index"] = index[label]
+        rows.append(row)
+    fields = [
+        {"@type": "cr:Field", "@id": "classes/label", "name": "label", "dataType": "sc:Text"},
+        {"@type": "cr:Field", "@id": "classes/images", "name": "images", "dataType": "sc:Integer"},
+    ]
+    if index:
+        fields.append(
+            {"@type": "cr:Field", "@id": "classes/index", "name": "index", "dataType": "sc:Integer"}
+        )
+    return {
+        "@type": "cr:RecordSet",
+        "@id": "classes",
+        "name": "classes",
+        "description": "The class list with the number of downloaded images of each class"
+        + (" and its class index (the .cls member)." if index else "."),
+        "key": {"@id": "classes/label"},
+        "field": fields,
+        "data": rows,
+    }
+
+
+def _iso(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).astimezone(dt.timezone.utc).isoformat()
+    except ValueError:
+        return None
+
+
+def _responsible_ai(
+    plan: Plan, config: DownloadConfig, overview: dict[str, Any], timeframe: list[str]
+) -> dict[str, Any]:
+    summary = overview["download_summary"]
+    failures = overview.get("error_breakdown") or {}
+    reasons = ", ".join(f"{status} {count}" for status, count in failures.items()) or "none"
+    preprocessing = [
+        "Each response body is kept only when Pillow identifies it as an image; JPEG, PNG and "
+        "BMP files must be complete.",
+        f"Bodies over {config.max_bytes} bytes are dropped (status too_large).",
+    ]
+    if plan.output_format == "imagefolder":
+        preprocessing.append(
+            "Formats torchvision cannot read (GIF, ICO, ...) are converted to PNG; other "
+            "images are stored byte for byte."
+        )
+    else:
+        preprocessing.append("Images are stored byte for byte as downloaded.")
+    rai: dict[str, Any] = {
+        "rai:dataCollection": (
+            f"Downloaded by FLOW-DC {__version__} from the URLs in {Path(plan.input).name} "
+            f"({plan.total_rows} rows), with up to {config.concurrent_downloads} requests in "
+            f"flight, a {config.timeout} s deadline per request, {config.max_retry_attempts} "
+            "retries with exponential backoff on errors worth retrying, and "
+            + (
+                f"at most {config.rate_limit} requests/s per host."
+                if config.enable_rate_limiting
+                else "no rate limit."
+            )
+        ),
+        "rai:dataCollectionType": ["Web Scraping"],
+        "rai:dataCollectionRawData": (
+            f"The URL list {Path(plan.input).name}; each image's source URL is kept in the "
+            "results tables and in its sample's metadata."
+        ),
+        "rai:dataCollectionMissingData": (
+            f"{summary['failed']} of {summary['processed']} URLs gave no image ({reasons}); "
+            "every failed row keeps its status, HTTP status and error in the results tables."
+        ),
+        "rai:dataPreprocessingProtocol": preprocessing,
+    }
+    if timeframe:
+        rai["rai:dataCollectionTimeFrame"] = timeframe
+    return rai
+
+
+def _timeframe(overview: dict[str, Any], plan: Plan) -> list[str]:
+    table = read_results(plan, ["fetched_at"])
+    if table is not None and "fetched_at" in table.column_names and table.num_rows:
+        low, high = pc.min_max(table.column("fetched_at")).values()
+        if low.is_valid and high.is_valid:
+            return [low.as_py().isoformat(), high.as_py().isoformat()]
+    starts = [_iso(run.get("started_at")) for run in overview.get("runs", [])]
+    starts = [start for start in starts if start]
+    return [min(starts), max(starts)] if starts else []
+
+
+def build_croissant(
+    plan: Plan, config: DownloadConfig, overview: dict[str, Any], level: str
+) -> dict[str, Any]:
+    """The Croissant document for the committed part of `plan`'s output."""
+    output = Path(plan.output)
+    table = read_results(plan, ["status", "format"])
+    extensions: list[str] = []
+    if table is not None:
+        formats = table.filter(pc.equal(table.column("status"), SUCCESS)).column("format")
+        extensions = sorted({ext for ext in formats.to_pylist() if ext})
+    extensions = extensions or ["jpg"]  # no image yet: a FileSet still needs a pattern
+    schema = _results_schema(plan)
+    name = config.dataset_name or output.resolve().name
+    url = config.dataset_url or output.resolve().as_uri()
+    creator = config.dataset_creator or DEFAULT_CREATOR
+    version = config.dataset_version or "1.0.0"
+    published = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    description = config.dataset_description or (
+        f"{overview['download_summary']['successful']} images downloaded with FLOW-DC from "
+        f"the URLs in {Path(plan.input).name}"
+        + (f", labelled by the column '{plan.label_column}'." if plan.label_column else ".")
+    )
+    doc: dict[str, Any] = {
+        "@context": CONTEXT,
+        "@type": "sc:Dataset",
+        "conformsTo": CONFORMS_TO,
+        "name": name,
+        "description": description,
+        "license": _license(config.dataset_license),
+        "url": url,
+        "creator": {"@type": "sc:Person", "name": creator},
+        "datePublished": published,
+        "version": version,
+        "citeAs": config.dataset_citation
+        or f"{creator} ({published[:4]}). {name} (version {version}). {url}",
+        "distribution": _distribution(plan, extensions),
+        "recordSet": _record_sets(plan, schema, level == "comprehensive_croissant"),
+    }
+    if level == "comprehensive_croissant":
+        doc["conformsTo"] = [CONFORMS_TO, RAI_CONFORMS_TO]
+        if config.dataset_keywords:
+            doc["keywords"] = [k.strip() for k in config.dataset_keywords.split(",") if k.strip()]
+        timeframe = _timeframe(overview, plan)
+        if timeframe:
+            doc["dateCreated"] = timeframe[0]
+        doc["isBasedOn"] = {
+            "@type": "sc:CreativeWork",
+            "name": Path(plan.input).name,
+            "description": f"The URL list this dataset was downloaded from ({plan.input_format}, "
+            f"{plan.total_rows} rows; fingerprint {plan.input_fingerprint}).",
+        }
+        settings = {
+            key: value
+            for key, value in overview.get("script_inputs", {}).items()
+            if key not in ("input", "output") and value is not None
+        }
+        doc["sdPublisher"] = {"@type": "sc:Organization", "name": f"FLOW-DC {__version__}"}
+        doc["rai:dataManipulationProtocol"] = "Generated by FLOW-DC with the settings " + ", ".join(
+            f"{key}={value}" for key, value in sorted(settings.items())
+        )
+        doc.update(_responsible_ai(plan, config, overview, timeframe))
+        if overview.get("class_counts") is not None:
+            doc["recordSet"].append(_classes(overview["class_counts"], plan))
+    return doc
+
+
+def _results_schema(plan: Plan) -> pa.Schema:
+    shards = committed_shards(plan)
+    if not shards:
+        return pa.schema([("key", pa.string()), ("label", pa.string()), ("status", pa.string())])
+    return pq.read_schema(results_path(plan.output, shards[0]))
+
+
+def check_croissant(doc: dict[str, Any]) -> list[str]:
+    """What mlcroissant does not check: a dataset needs a name, description, url and creator."""
+    problems = []
+    for key in ("name", "description", "url"):
+        value = doc.get(key)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"croissant.json has no {key}")
+    creators = doc.get("creator")
+    creators = creators if isinstance(creators, list) else [creators]
+    if not any(isinstance(c, dict) and str(c.get("name") or "").strip() for c in creators):
+        problems.append("croissant.json has no creator with a name")
+    return problems
+
+
+def croissant_warnings(config: DownloadConfig) -> list[str]:
+    warnings = []
+    if not config.dataset_license:
+        warnings.append(
+            "warning: no --dataset_license; croissant.json says the license is not stated"
+        )
+    if not config.dataset_creator:
+        warnings.append(
+            "warning: no --dataset_creator; croissant.json says the creator is not stated"
+        )
+    return warnings
+
+
+def write_croissant(
+    plan: Plan, config: DownloadConfig, overview: dict[str, Any], warn: Warn
+) -> Path | None:
+    """Write croissant.json at the output's root at the configured level, or nothing."""
+    level = config.croissant_level()
+    if level == "no_croissant":
+        return None
+    for message in croissant_warnings(config):
+        warn(message)
+    doc = build_croissant(plan, config, overview, level)
+    for problem in check_croissant(doc):
+        warn(f"warning: {problem}")
+    path = Path(plan.output) / CROISSANT_FILE
+    atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False))
+    return path

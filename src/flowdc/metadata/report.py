@@ -1,0 +1,413 @@
+"""report.html: one self-contained page that shows at a glance whether a run went well.
+
+Charts are inline SVG, thumbnails are JPEG data URIs, there is no script and no link out, so the
+page opens anywhere, offline. Everything comes from the results tables and overview figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import json
+import tarfile
+from collections import Counter, defaultdict
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowdc.config import DownloadConfig
+from flowdc.metadata import svg
+from flowdc.metadata.overview import OVERVIEW_FILE, build_overview
+from flowdc.metadata.tables import read_results, read_stats
+from flowdc.plan import Plan
+from flowdc.status import SUCCESS
+from flowdc.storage import atomic_write_text
+
+REPORT_FILE = "report.html"
+THUMBNAILS = 24
+THUMB_SIZE = 128
+TIME_BINS = 40
+SECTIONS = (
+    ("summary", "Summary"),
+    ("throughput", "Throughput over time"),
+    ("timeline", "Successes and failures over time"),
+    ("failures", "Failure reasons"),
+    ("hosts", "Hosts"),
+    ("classes", "Class distribution"),
+    ("sizes", "Image sizes"),
+    ("resolution", "Image resolution"),
+    ("samples", "Sample images"),
+    ("run", "Run settings and versions"),
+)
+_COLUMNS = [
+    "key",
+    "shard",
+    "status",
+    "error",
+    "http_status",
+    "bytes",
+    "width",
+    "height",
+    "label",
+    "path",
+    "fetched_at",
+]
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px auto;max-width:980px;color:#222;padding:0 12px}
+h1{margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.verdict{padding:10px 14px;border-radius:6px;font-weight:600}
+.good{background:#e8f5e9;color:#1b5e20} .fair{background:#fff8e1;color:#8d6e00}
+.poor{background:#ffebee;color:#b71c1c}
+.figures{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
+.figures div{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:120px}
+.figures b{display:block;font-size:20px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left} td.n{text-align:right}
+.grid{display:flex;flex-wrap:wrap;gap:8px}
+.grid figure{margin:0;width:128px;font-size:11px;text-align:center;overflow:hidden}
+.grid img{width:128px;height:128px;object-fit:cover;border-radius:4px;background:#eee}
+.empty{color:#777} svg.chart{max-width:100%;height:auto}
+nav a{margin-right:10px;font-size:13px}
+"""
+
+
+def current_overview(plan: Plan) -> dict[str, Any]:
+    """The overview of the output as it is now, with the settings of its last run."""
+    config = None
+    try:
+        inputs = json.loads((Path(plan.output) / OVERVIEW_FILE).read_text(encoding="utf-8"))
+        config = DownloadConfig(**inputs["script_inputs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if config is None:
+        config = DownloadConfig(input=plan.input, output=plan.output, label=plan.label_column)
+    return build_overview(plan, config)
+
+
+def _time_bins(
+    table: pa.Table, stats: list[dict[str, Any]]
+) -> tuple[list[str], list[int], list[int], list[float], float]:
+    """Per time bin: labels, successes, failures, MB/s, and the bin width in seconds.
+
+    Uses each row's fetched_at; outputs written before it existed use each shard's finish time.
+    """
+    ok = [status == SUCCESS for status in table.column("status").to_pylist()]
+    sizes = [size or 0 for size in table.column("bytes").to_pylist()]
+    if "fetched_at" in table.column_names:
+        times = [t.timestamp() if t else None for t in table.column("fetched_at").to_pylist()]
+    else:
+        finished = {}
+        for shard in stats:
+            try:
+                finished[shard["shard"]] = dt.datetime.fromisoformat(shard["finished_at"])
+            except (KeyError, ValueError, TypeError):
+                continue
+        times = [
+            finished[s].timestamp() if s in finished else None
+            for s in table.column("shard").to_pylist()
+        ]
+    known = [t for t in times if t is not None]
+    if not known:
+        return [], [], [], [], 1.0
+    start, end = min(known), max(known)
+    span = max(end - start, 1e-3)
+    bins = min(TIME_BINS, max(1, len(known) // 4))
+    good, bad, megabytes = [0] * bins, [0] * bins, [0.0] * bins
+    for when, success, size in zip(times, ok, sizes, strict=True):
+        if when is None:
+            continue
+        index = min(int((when - start) / span * bins), bins - 1)
+        if success:
+            good[index] += 1
+            megabytes[index] += size / 1e6
+        else:
+            bad[index] += 1
+    width = span / bins
+    digits = 0 if width >= 1 else 2
+    labels = [f"{(i + 0.5) * width:.{digits}f}s" for i in range(bins)]
+    return labels, good, bad, [mb / width for mb in megabytes], width
+
+
+def _histogram(values: list[float], bins: int = 24) -> tuple[list[int], list[float]]:
+    if not values:
+        return [], []
+    values = sorted(values)
+    low, high = values[0], values[min(len(values) - 1, int(len(values) * 0.99))]
+    if high <= low:
+        high = low + 1
+    width = (high - low) / bins
+    counts = [0] * bins
+    for value in values:
+        counts[min(max(int((value - low) / width), 0), bins - 1)] += 1
+    return counts, [low + width * i for i in range(bins + 1)]
+
+
+def _thumbnail(data: bytes) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, "JPEG", quality=70)
+    except Exception:  # a file Pillow cannot decode is shown as missing
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _samples(plan: Plan, table: pa.Table) -> list[tuple[str, str, str | None]]:
+    """(key, label, data URI) for up to THUMBNAILS successes, spread over the shards.
+
+    Each chosen shard gives its first successes, so a tar is read only up to them: walking a
+    tar's headers to its end costs seconds for a shard of 10,000 samples.
+    """
+    ok = table.filter(pc.equal(table.column("status"), SUCCESS))
+    if not ok.num_rows:
+        return []
+    shards = ok.column("shard").to_pylist()
+    distinct = sorted(set(shards))
+    chosen = set(distinct[:: max(1, len(distinct) // THUMBNAILS)][:THUMBNAILS])
+    per_shard = -(-THUMBNAILS // len(chosen))
+    taken: Counter[int] = Counter()
+    indices = []
+    for index, shard in enumerate(shards):
+        if shard in chosen and taken[shard] < per_shard and len(indices) < THUMBNAILS:
+            taken[shard] += 1
+            indices.append(index)
+    picked = ok.take(indices).to_pylist()
+    output = Path(plan.output)
+    images: dict[str, bytes] = {}
+    if plan.output_format == "webdataset":
+        by_shard: dict[int, set[str]] = defaultdict(set)
+        for row in picked:
+            by_shard[row["shard"]].add(row["path"])
+        for shard, names in by_shard.items():
+            try:
+                with tarfile.open(output / f"{shard:05d}.tar") as tar:
+                    for member in tar:
+                        if member.name in names:
+                            extracted = tar.extractfile(member)
+                            if extracted is not None:
+                                images[member.name] = extracted.read()
+                            names.discard(member.name)
+                            if not names:
+                                break
+            except (OSError, tarfile.TarError):
+                continue
+    else:
+        for row in picked:
+            try:
+                images[row["path"]] = (output / row["path"]).read_bytes()
+            except OSError:
+                continue
+    return [
+        (
+            row["key"],
+            row["label"] or "",
+            _thumbnail(images[row["path"]]) if row["path"] in images else None,
+        )
+        for row in picked
+    ]
+
+
+def _figure(label: str, value: str) -> str:
+    return f"<div>{escape(label)}<b>{escape(value)}</b></div>"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{value:,}</td>'
+            if isinstance(value, int)
+            else f"<td>{escape(str(value))}</td>"
+            for value in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, str]:
+    rate = summary["success_rate_percent"]
+    shards = overview["shards"]
+    unfinished = shards["total"] - shards["committed"]
+    text = f"{summary['successful']:,} of {summary['total']:,} images downloaded ({rate}%)"
+    if unfinished:
+        return "poor", f"{text}; {unfinished} shard(s) not finished: run the same command again"
+    if rate >= 90:
+        return "good", f"The run went well: {text}"
+    if rate >= 50:
+        return "fair", f"The run finished with many failures: {text}"
+    return "poor", f"Most downloads failed: {text}"
+
+
+def build_report(plan: Plan, overview: dict[str, Any]) -> str:
+    """The HTML page for the output of `plan`."""
+    table = read_results(plan, _COLUMNS)
+    if table is None:  # nothing committed yet
+        table = pa.table(
+            {
+                "shard": pa.array([], pa.int32()),
+                "status": pa.array([], pa.string()),
+                "bytes": pa.array([], pa.int64()),
+            }
+        )
+    stats = read_stats(plan)
+    summary = overview["download_summary"]
+    kind, verdict = _verdict(summary, overview)
+    name = (overview.get("script_inputs") or {}).get("dataset_name") or Path(plan.output).name
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        "<link rel='icon' href='data:,'>",
+        f"<title>FLOW-DC report: {escape(name)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(name)}</h1><p>{escape(plan.output)} ({escape(plan.output_format)}), "
+        f"from {escape(Path(plan.input).name)}</p>",
+        "<nav>" + "".join(f'<a href="#{sid}">{escape(t)}</a>' for sid, t in SECTIONS) + "</nav>",
+    ]
+
+    def section(section_id: str, *content: str) -> None:
+        title = dict(SECTIONS)[section_id]
+        parts.append(f'<section id="{section_id}"><h2>{escape(title)}</h2>{"".join(content)}')
+        parts.append("</section>")
+
+    section(
+        "summary",
+        f'<p class="verdict {kind}">{escape(verdict)}</p><div class="figures">',
+        _figure("images", f"{summary['successful']:,}"),
+        _figure("failed", f"{summary['failed']:,}"),
+        _figure("success rate", f"{summary['success_rate_percent']}%"),
+        _figure("data", f"{summary['total_data_mb']:,} MB"),
+        _figure("wall time", f"{summary['total_time_seconds']:,} s"),
+        _figure("average MB/s", f"{summary['average_speed_mb_per_s']}"),
+        _figure("images/s", f"{summary['images_per_second']}"),
+        _figure("retries", f"{summary['retries']:,}"),
+        "</div>",
+    )
+    labels, good, bad, mb_per_s, width = _time_bins(table, stats)
+    per_second = [g / width for g in good]
+    section(
+        "throughput",
+        "<p>Images per second (line) and MB per second over the run, from each row's "
+        "finish time.</p>",
+        svg.line_chart(per_second, labels, "images/s"),
+        svg.line_chart(mb_per_s, labels, "MB/s"),
+    )
+    section(
+        "timeline",
+        "<p>Rows finished per time step: successes green, failures red.</p>",
+        svg.stacked_bars(good, bad, labels, "rows"),
+    )
+    breakdown = list((overview.get("error_breakdown") or {}).items())
+    messages = list((overview.get("error_messages") or {}).items())[:15]
+    codes = list((overview.get("http_status_counts") or {}).items())
+    section(
+        "failures",
+        "<h3>By status</h3>",
+        svg.bar_list(breakdown, "bad"),
+        "<h3>Most common errors</h3>",
+        _table(["error", "rows"], [[m, c] for m, c in messages]) if messages else "<p>none</p>",
+        "<h3>HTTP status codes</h3>",
+        _table(["status", "responses"], [[k, v] for k, v in codes]) if codes else "<p>none</p>",
+    )
+    hosts = overview.get("per_host") or {}
+    host_rows = [
+        [
+            host,
+            f["rows"],
+            f["successes"],
+            f["failures"],
+            f"{f['success_rate_percent']}%",
+            f["retries"],
+            f"{f['mean_seconds_per_row']:.3f}",
+            (f.get("limiter") or {}).get("throttled", ""),
+            (f.get("limiter") or {}).get("rate", ""),
+        ]
+        for host, f in list(hosts.items())[:50]
+    ]
+    section(
+        "hosts",
+        _table(
+            [
+                "host",
+                "rows",
+                "ok",
+                "failed",
+                "success",
+                "retries",
+                "mean s/row",
+                "throttled",
+                "rate req/s",
+            ],
+            host_rows,
+        )
+        + (f"<p>and {len(hosts) - 50:,} more hosts</p>" if len(hosts) > 50 else ""),
+    )
+    classes = Counter(overview.get("class_counts") or {})
+    top = classes.most_common(40)
+    section(
+        "classes",
+        f"<p>{len(classes):,} classes with images"
+        + (", the 40 largest shown" if len(classes) > 40 else "")
+        + ".</p>",
+        svg.bar_list(top, "ok") if top else '<p class="empty">no labels</p>',
+    )
+    ok = table.filter(pc.equal(table.column("status"), SUCCESS))
+    sizes = (
+        [b / 1024 for b in ok.column("bytes").to_pylist() if b]
+        if "bytes" in ok.column_names
+        else []
+    )
+    section("sizes", svg.histogram(*_histogram(sizes), "file size (KiB)"))
+    widths = [w for w in ok.column("width").to_pylist() if w] if "width" in ok.column_names else []
+    heights = (
+        [h for h in ok.column("height").to_pylist() if h] if "height" in ok.column_names else []
+    )
+    section(
+        "resolution",
+        svg.histogram(*_histogram(widths), "width (pixels)"),
+        svg.histogram(*_histogram(heights), "height (pixels)"),
+    )
+    samples = _samples(plan, table) if "path" in table.column_names else []
+    tiles = "".join(
+        f'<figure><img alt="{escape(key)}" src="{uri}"><figcaption>{escape(label)}'
+        "</figcaption></figure>"
+        if uri
+        else f"<figure>(unreadable {escape(key)})</figure>"
+        for key, label, uri in samples
+    )
+    section("samples", f'<div class="grid">{tiles}</div>' if tiles else "<p>no images</p>")
+    inputs = overview.get("script_inputs") or {}
+    versions = overview.get("versions") or {}
+    section(
+        "run",
+        _table(["setting", "value"], [[k, json.dumps(v)] for k, v in sorted(inputs.items())]),
+        _table(["package", "version"], [[k, v] for k, v in versions.items()]),
+        _table(
+            ["run started", "seconds", "shards run", "interrupted"],
+            [
+                [
+                    r.get("started_at", ""),
+                    r.get("seconds", ""),
+                    r.get("shards_run", 0),
+                    r.get("interrupted", ""),
+                ]
+                for r in overview.get("runs", [])
+            ],
+        ),
+    )
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def write_report(plan: Plan, overview: dict[str, Any]) -> Path:
+    path = Path(plan.output) / REPORT_FILE
+    atomic_write_text(path, build_report(plan, overview))
+    return path

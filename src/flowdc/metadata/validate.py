@@ -1,0 +1,227 @@
+"""`flowdc validate OUTPUT`: check a finished dataset against its own results tables.
+
+Every committed sample must be present exactly once with the sha256 its results row records,
+every tar must read to its end, no sample may be there that the tables do not list, and
+croissant.json (when there is one) must describe the files as they are. Each problem names the
+file it is about.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from flowdc.errors import FlowDCError
+from flowdc.metadata.croissant import CROISSANT_FILE, check_croissant, sha256_of
+from flowdc.plan import Plan
+from flowdc.shard import is_committed, results_path, stats_path
+from flowdc.status import SUCCESS
+from flowdc.storage import TEMP_MARK
+
+MAX_SHOWN = 20
+
+
+@dataclass
+class Verdict:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    shards: int = 0
+    rows: int = 0
+    samples: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self, output: Path) -> str:
+        lines = [
+            f"checked {output}: {self.shards} committed shard(s), {self.rows:,} results rows, "
+            f"{self.samples:,} samples",
+            *self.notes,
+        ]
+        if self.ok:
+            lines.append("OK: every committed sample is present once and matches its sha256")
+            return "\n".join(lines)
+        lines.append(f"PROBLEMS: {len(self.problems)}")
+        lines += [f"  {problem}" for problem in self.problems[:MAX_SHOWN]]
+        if len(self.problems) > MAX_SHOWN:
+            lines.append(f"  ... and {len(self.problems) - MAX_SHOWN} more")
+        return "\n".join(lines)
+
+
+def _shard_rows(plan: Plan, shard: int) -> int:
+    if shard < plan.shard_count - 1:
+        return plan.shard_size
+    return plan.total_rows - plan.shard_size * (plan.shard_count - 1)
+
+
+def _check_tar(path: Path, expected: dict[str, str], verdict: Verdict) -> None:
+    """expected: member name -> sha256 of every committed sample of this shard."""
+    seen: set[str] = set()
+    image_names = {name.rsplit(".", 1)[0]: name for name in expected}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key = member.name.rsplit(".", 1)[0]
+                if member.name in expected:
+                    if member.name in seen:
+                        verdict.problems.append(f"{path.name}: {member.name} is there twice")
+                        continue
+                    seen.add(member.name)
+                    data = tar.extractfile(member)
+                    digest = hashlib.sha256(data.read() if data else b"").hexdigest()
+                    if digest != expected[member.name]:
+                        verdict.problems.append(
+                            f"{path.name}: {member.name} does not match its sha256 in the "
+                            f"results table"
+                        )
+                    else:
+                        verdict.samples += 1
+                elif key not in image_names and not member.name.endswith((".json", ".cls", ".txt")):
+                    verdict.problems.append(
+                        f"{path.name}: {member.name} is not a committed sample of its results table"
+                    )
+    except FileNotFoundError:
+        verdict.problems.append(f"{path.name}: missing ({len(expected)} committed samples)")
+        return
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        verdict.problems.append(f"{path.name}: not a readable tar ({exc})")
+        return
+    for name in sorted(set(expected) - seen):
+        verdict.problems.append(f"{path.name}: {name} is missing (a committed sample)")
+
+
+def _check_folder_files(
+    output: Path, expected: dict[str, str], plan: Plan, verdict: Verdict
+) -> None:
+    for relative, digest in sorted(expected.items()):
+        path = output / relative
+        try:
+            actual = sha256_of(path)
+        except FileNotFoundError:
+            verdict.problems.append(f"{relative}: missing (a committed sample)")
+            continue
+        except OSError as exc:
+            verdict.problems.append(f"{relative}: unreadable ({exc.strerror})")
+            continue
+        if actual != digest:
+            verdict.problems.append(f"{relative}: does not match its sha256 in the results table")
+        else:
+            verdict.samples += 1
+    for folder in sorted(set((plan.label_folders or {}).values())):
+        directory = output / folder
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.iterdir()):
+            relative = f"{folder}/{path.name}"
+            if relative not in expected and TEMP_MARK not in path.name:
+                verdict.problems.append(f"{relative}: not a committed sample of a results table")
+
+
+def _check_croissant(output: Path, verdict: Verdict, plan: Plan) -> None:
+    path = output / CROISSANT_FILE
+    if not path.exists():
+        verdict.notes.append("no croissant.json (croissant was no_croissant)")
+        return
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        verdict.problems.append(f"{CROISSANT_FILE}: not readable JSON ({exc})")
+        return
+    verdict.problems += check_croissant(doc)
+    listed = set()
+    for entry in doc.get("distribution", []):
+        if entry.get("@type") != "cr:FileObject":
+            continue
+        name = str(entry.get("contentUrl", ""))
+        listed.add(name)
+        file = output / name
+        if not file.is_file():
+            verdict.problems.append(f"{name}: listed in {CROISSANT_FILE} but missing")
+        elif f"{file.stat().st_size} B" != entry.get("contentSize"):
+            verdict.problems.append(f"{name}: size differs from {CROISSANT_FILE}")
+        elif sha256_of(file) != entry.get("sha256"):
+            verdict.problems.append(f"{name}: sha256 differs from {CROISSANT_FILE}")
+    wanted = [results_path(output, s).name for s in range(plan.shard_count)]
+    if plan.output_format == "webdataset":
+        wanted += [f"{s:05d}.tar" for s in range(plan.shard_count)]
+    for name in wanted:
+        if (output / name).exists() and name not in listed:
+            verdict.problems.append(
+                f"{CROISSANT_FILE}: does not list {name}; run the download again to rewrite it"
+            )
+    try:
+        import mlcroissant  # a test dependency; its check runs where it is installed
+    except ImportError:
+        verdict.notes.append("croissant.json: FLOW-DC's checks only (mlcroissant not installed)")
+        return
+    try:
+        dataset = mlcroissant.Dataset(jsonld=str(path))
+        warnings = dataset.metadata.ctx.issues.warnings
+    except Exception as exc:  # mlcroissant raises its ValidationError and others
+        first = str(exc).strip().splitlines()
+        verdict.problems.append(
+            f"{CROISSANT_FILE}: mlcroissant finds it invalid: {first[-1] if first else exc}"
+        )
+        return
+    for warning in sorted(warnings):
+        verdict.problems.append(f"{CROISSANT_FILE}: mlcroissant warns: {warning}")
+    version = importlib_metadata.version("mlcroissant")
+    verdict.notes.append(f"croissant.json: valid for mlcroissant {version}")
+
+
+def validate_output(output: Path) -> Verdict:
+    """Check every committed shard, its samples and the Croissant metadata of `output`."""
+    plan = Plan.load(output)
+    if plan is None:
+        raise FlowDCError(
+            f"{output} holds no FLOW-DC plan (.flowdc-plan.json); give the --output folder of "
+            f"a download"
+        )
+    verdict = Verdict()
+    keys: dict[str, int] = {}
+    folder_files: dict[str, str] = {}  # imagefolder: path -> sha256, over all shards
+    for shard in range(plan.shard_count):
+        if not is_committed(output, shard):
+            verdict.problems.append(
+                f"{stats_path(output, shard).name}: missing, shard {shard} is not finished; run "
+                f"the download again"
+            )
+            continue
+        verdict.shards += 1
+        table_path = results_path(output, shard)
+        try:
+            table = pq.read_table(table_path, columns=["key", "status", "path", "sha256"])
+        except (OSError, ValueError) as exc:
+            verdict.problems.append(f"{table_path.name}: not a readable results table ({exc})")
+            continue
+        rows = table.to_pylist()
+        verdict.rows += len(rows)
+        if len(rows) != _shard_rows(plan, shard):
+            verdict.problems.append(
+                f"{table_path.name}: {len(rows)} rows, the plan has {_shard_rows(plan, shard)}"
+            )
+        expected: dict[str, str] = {}
+        for row in rows:
+            if row["key"] in keys:
+                verdict.problems.append(
+                    f"{table_path.name}: key {row['key']} is also in shard {keys[row['key']]}"
+                )
+            keys[row["key"]] = shard
+            if row["status"] == SUCCESS:
+                expected[row["path"]] = row["sha256"]
+        if plan.output_format == "webdataset":
+            _check_tar(output / f"{shard:05d}.tar", expected, verdict)
+        else:
+            folder_files.update(expected)
+    if plan.output_format == "imagefolder":
+        _check_folder_files(output, folder_files, plan, verdict)
+    _check_croissant(output, verdict, plan)
+    return verdict
