@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -27,9 +26,10 @@ from yarl import URL
 from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
-from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_image, to_png
+from flowdc.images import ImageRejected
 from flowdc.plan import Plan, normalize_label
-from flowdc.status import MISSING_LABEL, NOT_AN_IMAGE, SUCCESS
+from flowdc.processing import Duplicate, ImageProcessor
+from flowdc.status import MISSING_LABEL, SUCCESS
 from flowdc.storage import atomic_write_text, temp_name
 from flowdc.writers import SampleWriter, recover_shard
 from flowdc.writers.imagefolder import FolderShardWriter, drop_journal
@@ -58,6 +58,9 @@ RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("elapsed_seconds", pa.float32()),
     ("host", pa.string()),
     ("final_url", pa.string()),
+    ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
+    ("duplicate_of", pa.string()),
 ]
 
 
@@ -160,6 +163,11 @@ class _ShardRun:
             if plan.output_format == "imagefolder"
             else TarShardWriter(self.output, shard)
         )
+        self.processor = ImageProcessor(config, self.output, shard, self.needs_label)
+        self.verify_column = next(
+            (name for name, source in plan.extra_columns.items() if source == config.verify_hash),
+            None,
+        )
 
     async def run(self, rows: list[dict[str, Any]]) -> None:
         pending = iter(rows)
@@ -179,7 +187,7 @@ class _ShardRun:
             fetched = await self.fetcher.fetch(row["url"])
         record = self._record(row, fetched)
         if fetched.ok and fetched.data is not None:
-            self._store(row, fetched, record)
+            await self._store(row, fetched.data, record)
         self.records.append(record)
         if self.on_progress is not None:
             self.on_progress(record["status"] == SUCCESS, record["bytes"] or 0)
@@ -211,33 +219,31 @@ class _ShardRun:
             "final_url": _without_credentials(fetched.final_url)
             if fetched.final_url != url
             else None,
+            "original_width": None,
+            "original_height": None,
+            "duplicate_of": None,
         }
         for name in self.extra_names:
             record[name] = row.get(name)
         return record
 
-    def _store(self, row: dict[str, Any], fetched: FetchResult, record: dict[str, Any]) -> None:
-        data = fetched.data or b""
+    async def _store(self, row: dict[str, Any], data: bytes, record: dict[str, Any]) -> None:
+        expected = row.get(self.verify_column) if self.verify_column else None
         try:
-            info = inspect_image(data)
-            extension = info.extension
-            if self.plan.output_format == "imagefolder" and extension not in TORCHVISION_EXTENSIONS:
-                data, extension = to_png(data), "png"
+            image = await self.processor.process(data, row["key"], expected)
         except ImageRejected as rejected:
-            record["status"] = rejected.status
-            record["error"] = rejected.message
-            record["bytes"] = len(data)
-            return
-        except Exception as exc:  # a conversion of a broken frame
-            record["status"] = NOT_AN_IMAGE
-            record["error"] = f"cannot convert image: {exc}"
+            record.update(status=rejected.status, error=rejected.message, bytes=len(data))
+            if isinstance(rejected, Duplicate):
+                record.update(sha256=rejected.processed.sha256, duplicate_of=rejected.owner)
             return
         record.update(
-            bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            width=info.width,
-            height=info.height,
-            format=extension,
+            bytes=len(image.data),
+            sha256=image.sha256,
+            width=image.width,
+            height=image.height,
+            format=image.extension,
+            original_width=image.original_width,
+            original_height=image.original_height,
         )
         meta = {
             name: record[name]
@@ -252,6 +258,8 @@ class _ShardRun:
                 "height",
                 "format",
                 "bytes",
+                "original_width",
+                "original_height",
                 "http_status",
                 "content_type",
                 "attempts",
@@ -264,7 +272,7 @@ class _ShardRun:
             _finite(meta), ensure_ascii=False, default=_json_default, allow_nan=False
         ).encode("utf-8")
         record["path"] = self.writer.add(
-            row["key"], extension, data, meta_json, row["label"], record["class_index"]
+            row["key"], image.extension, image.data, meta_json, row["label"], record["class_index"]
         )
 
     def results_table(self, extra_schema: pa.Schema) -> pa.Table:
