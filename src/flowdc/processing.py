@@ -179,7 +179,7 @@ def _transform(
     image.seek(0)  # the first frame of an animation
     if image.format in ("JPEG", "MPO"):
         # DCT scaling decodes at 1/2, 1/4 or 1/8 when the result still covers the target
-        need = _decode_size(target, orientation, options)
+        need = _decode_size(image, target, orientation, options)
         image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else None, need)
     image = _working_mode(image)
     if orientation not in (None, 1):
@@ -189,13 +189,14 @@ def _transform(
 
 
 def _decode_size(
-    target: tuple[int, int], orientation: int | None, options: Options
+    image: Image.Image, target: tuple[int, int], orientation: int | None, options: Options
 ) -> tuple[int, int]:
     """The smallest stored-orientation size draft may decode to without losing the target."""
     width, height = target
-    if options.resize_mode in ("center_crop", "border"):
-        # the crop or the pad comes after the scale: the scaled image covers more than target
-        width = height = options.image_size if options.resize_mode == "center_crop" else 1
+    if options.resize_mode == "border" and target == (options.image_size,) * 2:
+        scale = options.image_size / max(image.size)  # the picture inside the border
+        width, height = max(1, int(image.width * scale)), max(1, int(image.height * scale))
+        return width, height  # the scale needs no turning
     if orientation in _SWAPS_SIDES:
         width, height = height, width
     return width, height
@@ -218,10 +219,9 @@ def _resize(image: Image.Image, target: tuple[int, int], options: Options) -> Im
     width, height = image.size
     mode, size = options.resize_mode, options.image_size
     if mode == "center_crop" and target == (size, size) and (width, height) != target:
-        scale = size / min(width, height)
-        crop_w, crop_h = size / scale, size / scale
-        left, top = (width - crop_w) / 2, (height - crop_h) / 2
-        box = (left, top, left + crop_w, top + crop_h)
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        box = (left, top, left + side, top + side)
         return image.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     if mode == "border" and target == (size, size):
         scale = size / max(width, height)
