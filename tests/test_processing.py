@@ -326,6 +326,7 @@ def test_dedupe_claims_are_shared_and_a_killed_shards_claims_are_taken_over(tmp_
     assert first.claim(digest, "000030001") is None
     assert first.claim(digest, "000030002") == "000030001"  # same run, same shard
     assert DedupeIndex(tmp_path, 4).claim(digest, "000040000") == "000030001"  # another shard
+    first.close()
     rerun = DedupeIndex(tmp_path, 3)  # shard 3 killed and run again: its old claim is stale
     assert rerun.claim(digest, "000030005") is None
     assert DedupeIndex(tmp_path, 4).claim(digest, "000040000") == "000030005"

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import io
 import os
+import sqlite3
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,9 +26,8 @@ from PIL import Image, ImageOps
 from flowdc.config import DownloadConfig
 from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_header, to_png
 from flowdc.status import BAD_ASPECT_RATIO, DUPLICATE, HASH_MISMATCH, NOT_AN_IMAGE, TOO_SMALL
-from flowdc.storage import atomic_write_text
 
-DEDUPE_FOLDER = ".flowdc-dedupe"
+DEDUPE_FILE = ".flowdc-dedupe.sqlite"
 _ENCODABLE = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -269,43 +269,44 @@ def _thread_pool() -> ThreadPoolExecutor:
 class DedupeIndex:
     """sha256 -> the key stored first, shared by every process and run writing one output.
 
-    Each stored image claims OUTPUT/.flowdc-dedupe/<2 hex>/<sha256> with an exclusive create
-    holding its key. A claim naming a key of this shard that this run did not make was left by a
+    A SQLite table in one file at the output's root (a folder there would be a class to
+    torchvision). A claim naming a key of this shard that this run did not make was left by a
     killed run of the shard (which runs again from scratch), so it is taken over.
     """
 
     def __init__(self, output: Path, shard: int) -> None:
-        self.root = output / DEDUPE_FOLDER
+        self.db = sqlite3.connect(output / DEDUPE_FILE, timeout=120, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS claims (sha256 TEXT PRIMARY KEY, key TEXT NOT NULL)"
+        )
         self.shard_prefix = f"{shard:05d}"
         self.mine: set[str] = set()
 
-    def _path(self, digest: str) -> Path:
-        return self.root / digest[:2] / digest
+    def _held(self, digest: str) -> str | None:
+        row = self.db.execute("SELECT key FROM claims WHERE sha256 = ?", (digest,)).fetchone()
+        return None if row is None else row[0]
 
     def claim(self, digest: str, key: str) -> str | None:
         """Claim the content for `key`; return the owner's key when another holds it."""
-        path = self._path(digest)
-        try:
-            held: str | None = path.read_text(encoding="ascii")
-        except FileNotFoundError:
-            held = None
-        if held is not None and (digest in self.mine or not held.startswith(self.shard_prefix)):
-            return held
-        for _ in range(2):
-            try:
-                if held is not None:  # left by a killed run of this shard: take it over
-                    atomic_write_text(path, key)
-                else:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                    with os.fdopen(fd, "w", encoding="ascii") as handle:
-                        handle.write(key)
+        held = self._held(digest)
+        if held is None:
+            inserted = self.db.execute(
+                "INSERT OR IGNORE INTO claims VALUES (?, ?)", (digest, key)
+            ).rowcount
+            if inserted:
                 self.mine.add(digest)
                 return None
-            except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except FileExistsError:  # another process claimed it a moment ago
-                return path.read_text(encoding="ascii")
-        raise OSError(f"cannot create the dedupe claim {path}")
+            return self._held(digest)  # another process claimed it a moment ago
+        if digest in self.mine or not held.startswith(self.shard_prefix):
+            return held
+        self.db.execute("UPDATE claims SET key = ? WHERE sha256 = ?", (key, digest))
+        self.mine.add(digest)
+        return None
+
+    def close(self) -> None:
+        self.db.close()
 
 
 class ImageProcessor:
@@ -327,6 +328,10 @@ class ImageProcessor:
             if owner is not None:
                 raise Duplicate(owner, processed)
         return processed
+
+    def close(self) -> None:
+        if self.dedupe is not None:
+            self.dedupe.close()
 
 
 class Duplicate(ImageRejected):

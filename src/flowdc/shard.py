@@ -302,6 +302,8 @@ async def run_shard_async(
     except BaseException:
         run.writer.abort()
         raise
+    finally:
+        run.processor.close()
     results = run.results_table(table.schema)
     tmp = output / temp_name(results_path(output, shard).name)
     pq.write_table(results, tmp, compression="zstd")
