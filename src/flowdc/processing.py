@@ -215,6 +215,13 @@ def _working_mode(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _filter(source: tuple[int, int], target: tuple[int, int]) -> Image.Resampling:
+    """img2dataset's choice: area averaging to shrink (BOX), Lanczos to enlarge; BOX is also
+    three times faster than Lanczos here, and the resize is most of a resized sample's CPU."""
+    shrinking = target[0] * target[1] < source[0] * source[1]
+    return Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS
+
+
 def _resize(image: Image.Image, target: tuple[int, int], options: Options) -> Image.Image:
     width, height = image.size
     mode, size = options.resize_mode, options.image_size
@@ -222,12 +229,12 @@ def _resize(image: Image.Image, target: tuple[int, int], options: Options) -> Im
         side = min(width, height)
         left, top = (width - side) / 2, (height - side) / 2
         box = (left, top, left + side, top + side)
-        return image.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+        return image.resize(target, _filter((side, side), target), box=box)
     if mode == "border" and target == (size, size):
         scale = size / max(width, height)
         inner = (max(1, round(width * scale)), max(1, round(height * scale)))
         if inner != image.size:
-            image = image.resize(inner, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            image = image.resize(inner, _filter(image.size, inner))
         fill: Any = _WHITE + ((255,) if image.mode == "RGBA" else ())
         if image.mode == "L":
             fill = 255
@@ -235,7 +242,7 @@ def _resize(image: Image.Image, target: tuple[int, int], options: Options) -> Im
         canvas.paste(image, ((size - inner[0]) // 2, (size - inner[1]) // 2))
         return canvas
     if image.size != target:
-        return image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return image.resize(target, _filter(image.size, target))
     return image
 
 

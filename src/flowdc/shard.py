@@ -15,6 +15,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,7 @@ class _ShardRun:
             else TarShardWriter(self.output, shard)
         )
         self.processor = ImageProcessor(config, self.output, shard, self.needs_label)
+        self.write_thread = ThreadPoolExecutor(1, thread_name_prefix=f"flowdc-write-{shard}")
         self.verify_column = next(
             (name for name, source in plan.extra_columns.items() if source == config.verify_hash),
             None,
@@ -271,8 +273,16 @@ class _ShardRun:
         meta_json = json.dumps(
             _finite(meta), ensure_ascii=False, default=_json_default, allow_nan=False
         ).encode("utf-8")
-        record["path"] = self.writer.add(
-            row["key"], image.extension, image.data, meta_json, row["label"], record["class_index"]
+        # one thread writes the shard's samples, in order: the loop never waits for the disk
+        record["path"] = await asyncio.get_running_loop().run_in_executor(
+            self.write_thread,
+            self.writer.add,
+            row["key"],
+            image.extension,
+            image.data,
+            meta_json,
+            row["label"],
+            record["class_index"],
         )
 
     def results_table(self, extra_schema: pa.Schema) -> pa.Table:
@@ -298,8 +308,10 @@ async def run_shard_async(
     run = _ShardRun(plan, shard, config, fetcher, on_progress)
     try:
         await run.run(table.to_pylist())
+        run.write_thread.shutdown()  # every sample written
         run.writer.commit()
     except BaseException:
+        run.write_thread.shutdown()  # no write is under way when the file is dropped
         run.writer.abort()
         raise
     finally:
