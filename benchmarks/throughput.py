@@ -186,6 +186,7 @@ def main() -> int:
     parser.add_argument("--memory-urls", type=int, nargs="*", default=[20_000, 1_000_000])
     parser.add_argument("--json", help="also write the medians to this JSON file")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows when the output is a file
 
     work = Path(tempfile.mkdtemp(prefix="flowdc-throughput-"))
     work.chmod(0o755)  # nginx's workers run as an unprivileged user
