@@ -77,11 +77,17 @@ def url_list(path: Path, scheme: str, port: int, count: int, pool: int, prefix: 
     return path
 
 
+def shard_size(urls: int) -> int:
+    """10,000 (both tools' default), but at least two shards: one per process."""
+    return max(1, min(10_000, -(-urls // 2)))
+
+
 def flowdc_command(urls: Path, out: Path, concurrency: int, *extra: str) -> list[str]:
+    rows = pq.ParquetFile(urls).metadata.num_rows
     return [
         sys.executable, "-m", "flowdc", "download", "--input", str(urls), "--output", str(out),
         "--label", "label", "--no-enable_rate_limiting", "--no-progress", "--shard_size",
-        "10000", "--concurrent_downloads", str(concurrency),
+        str(shard_size(rows)), "--concurrent_downloads", str(concurrency),
         *extra,
     ]  # fmt: skip
 
@@ -91,10 +97,12 @@ def flowdc_count(out: Path) -> int:
 
 
 def i2d_command(i2d: Path, urls: Path, out: Path, threads: int, *extra: str) -> list[str]:
+    rows = pq.ParquetFile(urls).metadata.num_rows
     return [
         str(i2d), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
         "--output_folder", str(out), "--processes_count", "2", "--thread_count", str(threads),
-        "--number_sample_per_shard", "10000", "--extract_exif", "False", "--timeout", "30",
+        "--number_sample_per_shard", str(shard_size(rows)), "--extract_exif", "False",
+        "--timeout", "30",
         *extra,
     ]  # fmt: skip
 
