@@ -101,10 +101,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_nginx(root: Path, work: Path, port: int) -> subprocess.Popen:
+def start_nginx(
+    root: Path, work: Path, port: int, tls: tuple[Path, Path, int] | None = None
+) -> subprocess.Popen:
+    """nginx on HOSTS:port (and, with tls=(cert, key, port), HTTPS there); /missing/ is 404."""
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True)
     listens = "\n".join(f"listen {host}:{port};" for host in HOSTS)
+    if tls is not None:
+        cert, key, tls_port = tls
+        listens += "\n" + "\n".join(f"listen {host}:{tls_port} ssl;" for host in HOSTS)
+        listens += f"\nssl_certificate {cert};\nssl_certificate_key {key};"
     conf = work / "nginx.conf"
     conf.write_text(
         textwrap.dedent(f"""
@@ -123,6 +130,7 @@ def start_nginx(root: Path, work: Path, port: int) -> subprocess.Popen:
                 {listens}
                 root {root};
                 location / {{ try_files $uri /$pick.jpg =404; }}
+                location /missing/ {{ return 404; }}
             }}
         }}
     """)
@@ -158,12 +166,17 @@ def _tree_rss(session_id: int) -> tuple[int, float]:
     return rss, cpu
 
 
-def measure(command: list[str]) -> dict[str, float]:
+def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Run a command in its own session; sample the tree's memory; time it; CPU via rusage."""
     started = time.monotonic()
     before = os.times()
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty client cannot block on it
     process = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=errors,
+        env=None if env is None else {**os.environ, **env},
     )
     peak = 0
     while process.poll() is None:
@@ -173,7 +186,9 @@ def measure(command: list[str]) -> dict[str, float]:
     seconds = time.monotonic() - started
     after = os.times()
     if process.returncode != 0:
-        raise RuntimeError(f"{command[:3]} failed: {process.stderr.read().decode()[-2000:]}")
+        errors.seek(0)
+        raise RuntimeError(f"{command[:3]} failed: {errors.read().decode()[-2000:]}")
+    errors.close()
     cpu = (after.children_user - before.children_user) + (
         after.children_system - before.children_system
     )

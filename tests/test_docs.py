@@ -18,13 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "user-guide.md"
 EXAMPLES = ROOT / "examples"
 
-# Keys of example configs whose options other work adds (resizing, the Dask engine). They are
-# skipped only while DownloadConfig lacks them; once it has them they are validated like the rest.
-PENDING_KEYS = {
-    "laion_webdataset_resized.json": {"resize_mode", "image_size"},
-    "dask_cluster.json": {"engine", "dask_scheduler"},
-}
-
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
@@ -122,12 +115,5 @@ def test_the_guide_links_to_files_that_exist() -> None:
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda path: path.name)
 def test_example_config_loads(path: Path) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
-    pending = PENDING_KEYS.get(path.name, set())
-    assert pending <= set(raw), f"{path.name} no longer has {pending - set(raw)}"
-    skipped = pending - set(DownloadConfig.model_fields)
-    if skipped:  # the same checks as read_config_file, without the options to come
-        values = {key: value for key, value in raw.items() if key not in skipped}
-    else:
-        values = read_config_file(path)
-    config = build_config(values, source=path.name)
+    config = build_config(read_config_file(path), source=path.name)
     assert config.input == raw["input"] and config.output == raw["output"]

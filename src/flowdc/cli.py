@@ -45,6 +45,18 @@ _GROUPS = {
         "max_rate_limit",
         "rate_capacity",
     ),
+    "image processing": (
+        "resize_mode",
+        "image_size",
+        "resize_only_if_bigger",
+        "encode_format",
+        "encode_quality",
+        "min_image_size",
+        "max_aspect_ratio",
+        "max_image_area",
+        "verify_hash",
+        "dedupe",
+    ),
     "machine use": ("processes", "progress"),
     "distributed": (
         "engine",

@@ -29,6 +29,10 @@ InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "x
 OutputFormat = Literal["webdataset", "imagefolder"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm"]
+ResizeMode = Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]
+EncodeFormat = Literal["jpg", "png", "webp"]
+# Pillow refuses images over twice its MAX_IMAGE_PIXELS outright, whatever is asked here.
+PILLOW_PIXEL_LIMIT = 178_956_970
 
 PROJECT_URL = "https://github.com/flowdc/flowdc"
 DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader)"
@@ -145,6 +149,56 @@ class DownloadConfig(BaseModel):
         description="Burst size of the per-host token bucket (at most one second's worth).",
     )
 
+    # image processing (img2dataset's names)
+    resize_mode: ResizeMode = Field(
+        "no",
+        description="no: keep the downloaded bytes; keep_ratio: smaller side = image_size; "
+        "keep_ratio_largest: larger side = image_size; center_crop: image_size square from the "
+        "middle; border: larger side = image_size, padded to a white square.",
+    )
+    image_size: int = Field(256, ge=1, le=65_535, description="Target size in pixels of resizing.")
+    resize_only_if_bigger: bool = Field(
+        False,
+        description="Resize only images bigger than image_size; smaller ones stay as they are.",
+    )
+    encode_format: EncodeFormat | None = Field(
+        None,
+        description="Format of images whose pixels change (resized, rotated by EXIF) or that are "
+        "in another format; default: the original's if jpg, png or webp, else png.",
+    )
+    encode_quality: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Quality of re-encoded jpg and webp (default 95), or png compression "
+        "level 0-9 (default 6).",
+    )
+    min_image_size: int = Field(
+        0, ge=0, description="Refuse images whose smaller side is under this many pixels."
+    )
+    max_aspect_ratio: float = Field(
+        float("inf"),
+        ge=1,
+        description="Refuse images whose larger side / smaller side is over this.",
+    )
+    max_image_area: int = Field(
+        89_478_485,
+        ge=1,
+        le=PILLOW_PIXEL_LIMIT,
+        description="Refuse images of more pixels (width x height, from the header: a "
+        "decompression bomb is never decoded).",
+    )
+    verify_hash: str | None = Field(
+        None,
+        description="Input column holding each image's expected sha256 (hex); a row whose "
+        "download differs gets status hash_mismatch. Rows with no value are not checked.",
+    )
+    dedupe: bool = Field(
+        False,
+        description="Store each distinct image (same sha256) once per output; later copies get "
+        "status duplicate and duplicate_of naming the stored key.",
+    )
+
     # machine use
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -215,7 +269,7 @@ class DownloadConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("label")
+    @field_validator("label", "verify_hash")
     @classmethod
     def _label_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
@@ -267,6 +321,15 @@ class DownloadConfig(BaseModel):
             if name.startswith("dataset_")
         )
         return "basic_croissant" if described else "no_croissant"
+
+    @model_validator(mode="after")
+    def _png_level(self) -> DownloadConfig:
+        if self.encode_format == "png" and self.encode_quality is not None:
+            if self.encode_quality > 9:
+                raise ValueError(
+                    f"encode_quality for png is a compression level 0-9, got {self.encode_quality}"
+                )
+        return self
 
     def effective_processes(self) -> int:
         return max(1, min(self.processes, self.concurrent_downloads))

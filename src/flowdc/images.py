@@ -49,18 +49,45 @@ class ImageInfo:
     mode: str
 
 
-def inspect_image(data: bytes) -> ImageInfo:
-    """Identify the image in `data` or raise ImageRejected with the failure's class."""
+@dataclass
+class Header:
+    """An image opened lazily (nothing decoded yet) and what its header says."""
+
+    image: Image.Image
+    format: str
+    extension: str
+    width: int
+    height: int
+    mode: str
+
+    @property
+    def orientation(self) -> int | None:
+        """The EXIF orientation tag (1-8), or None; never decodes pixels."""
+        if self.format == "PNG" and "exif" not in self.image.info:
+            return None  # Pillow would decode the whole PNG to look for a late eXIf chunk
+        try:
+            value = self.image.getexif().get(0x0112)
+        except Exception:  # a broken EXIF block is no orientation
+            return None
+        return value if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def inspect_header(data: bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS or 0) -> Header:
+    """Open `data` lazily and check it, or raise ImageRejected with the failure's class.
+
+    An image of more than `max_pixels` (width x height, from its header) is refused before any
+    pixel is decoded: a decompression bomb costs only its header parse.
+    """
     if not data:
         raise ImageRejected(NOT_AN_IMAGE, "empty body")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                fmt = image.format or "UNKNOWN"
-                mode = image.mode
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        fmt = image.format or "UNKNOWN"
+        mode = image.mode
+    except Image.DecompressionBombError as exc:
         raise ImageRejected(TOO_LARGE, f"image too large: {exc}") from None
     except UnidentifiedImageError:
         raise ImageRejected(NOT_AN_IMAGE, f"not an image ({_sniff(data)})") from None
@@ -68,11 +95,28 @@ def inspect_image(data: bytes) -> ImageInfo:
         raise ImageRejected(
             NOT_AN_IMAGE, f"unreadable image: {type(exc).__name__}: {exc}"
         ) from None
-    if width <= 0 or height <= 0:
-        raise ImageRejected(NOT_AN_IMAGE, f"image has no pixels ({width}x{height})")
-    if _is_cut_short(fmt, data):
-        raise ImageRejected(NOT_AN_IMAGE, f"truncated {fmt} image (no end marker)")
-    return ImageInfo(fmt, _EXTENSION.get(fmt, fmt.lower()), width, height, mode)
+    try:
+        if width <= 0 or height <= 0:
+            raise ImageRejected(NOT_AN_IMAGE, f"image has no pixels ({width}x{height})")
+        if max_pixels and width * height > max_pixels:
+            raise ImageRejected(
+                TOO_LARGE,
+                f"image too large: {width}x{height} = {width * height:,} pixels is over "
+                f"max_image_area {max_pixels:,} (not decoded)",
+            )
+        if _is_cut_short(fmt, data):
+            raise ImageRejected(NOT_AN_IMAGE, f"truncated {fmt} image (no end marker)")
+    except ImageRejected:
+        image.close()
+        raise
+    return Header(image, fmt, _EXTENSION.get(fmt, fmt.lower()), width, height, mode)
+
+
+def inspect_image(data: bytes) -> ImageInfo:
+    """Identify the image in `data` or raise ImageRejected with the failure's class."""
+    header = inspect_header(data)
+    header.image.close()
+    return ImageInfo(header.format, header.extension, header.width, header.height, header.mode)
 
 
 def _is_cut_short(fmt: str, data: bytes) -> bool:

@@ -54,6 +54,9 @@ RESERVED_COLUMNS = (
     "class_index",
     "fetched_at",
     "retryable",
+    "original_width",
+    "original_height",
+    "duplicate_of",
 )
 
 
@@ -178,12 +181,13 @@ def _as_string(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 def check_columns(config: DownloadConfig, table: InputTable) -> None:
     """Fail early, before anything is written, when the named columns are not in the input."""
     names = table.column_names()
-    missing = [c for c in (config.url, config.label) if c is not None and c not in names]
+    wanted = (config.url, config.label, config.verify_hash)
+    missing = [c for c in wanted if c is not None and c not in names]
     if missing:
         which = " and ".join(f"'{c}'" for c in missing)
         raise FlowDCError(
             f"column {which} not found in {table.path}; it has: {', '.join(names) or '(none)'}; "
-            f"set --url / --label to the right column names"
+            f"set --url / --label / --verify_hash to the right column names"
         )
     if config.output_format == "imagefolder" and config.label is None:
         raise FlowDCError(

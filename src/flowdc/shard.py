@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,10 +31,11 @@ from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
 from flowdc.fetch.scheduler import Batch
-from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_image, to_png
+from flowdc.images import ImageRejected
 from flowdc.plan import Plan, normalize_label
+from flowdc.processing import Duplicate, ImageProcessor
 from flowdc.retry import retry_rows
-from flowdc.status import MISSING_LABEL, NOT_AN_IMAGE, SUCCESS
+from flowdc.status import MISSING_LABEL, SUCCESS
 from flowdc.storage import atomic_write_text, temp_name
 from flowdc.writers import SampleWriter, recover_shard
 from flowdc.writers.imagefolder import FolderShardWriter, drop_journal
@@ -65,6 +66,9 @@ RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("final_url", pa.string()),
     ("retryable", pa.bool_()),
     ("fetched_at", pa.timestamp("ms", tz="UTC")),  # when the row finished: the report's time axis
+    ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
+    ("duplicate_of", pa.string()),
 ]
 
 
@@ -180,6 +184,12 @@ class _ShardRun:
             if plan.output_format == "imagefolder"
             else TarShardWriter(self.output, shard)
         )
+        self.processor = ImageProcessor(config, self.output, shard, self.needs_label)
+        self.write_thread = ThreadPoolExecutor(1, thread_name_prefix=f"flowdc-write-{shard}")
+        self.verify_column = next(
+            (name for name, source in plan.extra_columns.items() if source == config.verify_hash),
+            None,
+        )
 
     async def run(self, rows: list[dict[str, Any]]) -> None:
         """Hand every row to the fetcher's per-host queues; finish when each has its result."""
@@ -200,7 +210,7 @@ class _ShardRun:
     async def process(self, row: dict[str, Any], fetched: FetchResult) -> None:
         record = self._record(row, fetched)
         if fetched.ok and fetched.data is not None:
-            self._store(row, fetched, record)
+            await self._store(row, fetched.data, record)
         self.records.append(record)
         if self.on_progress is not None:
             self.on_progress(record["status"] == SUCCESS, record["bytes"] or 0)
@@ -234,33 +244,31 @@ class _ShardRun:
             if fetched.final_url != url
             else None,
             "fetched_at": dt.datetime.now(dt.timezone.utc),
+            "original_width": None,
+            "original_height": None,
+            "duplicate_of": None,
         }
         for name in self.extra_names:
             record[name] = row.get(name)
         return record
 
-    def _store(self, row: dict[str, Any], fetched: FetchResult, record: dict[str, Any]) -> None:
-        data = fetched.data or b""
+    async def _store(self, row: dict[str, Any], data: bytes, record: dict[str, Any]) -> None:
+        expected = row.get(self.verify_column) if self.verify_column else None
         try:
-            info = inspect_image(data)
-            extension = info.extension
-            if self.plan.output_format == "imagefolder" and extension not in TORCHVISION_EXTENSIONS:
-                data, extension = to_png(data), "png"
+            image = await self.processor.process(data, row["key"], expected)
         except ImageRejected as rejected:
-            record["status"] = rejected.status
-            record["error"] = rejected.message
-            record["bytes"] = len(data)
-            return
-        except Exception as exc:  # a conversion of a broken frame
-            record["status"] = NOT_AN_IMAGE
-            record["error"] = f"cannot convert image: {exc}"
+            record.update(status=rejected.status, error=rejected.message, bytes=len(data))
+            if isinstance(rejected, Duplicate):
+                record.update(sha256=rejected.processed.sha256, duplicate_of=rejected.owner)
             return
         record.update(
-            bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            width=info.width,
-            height=info.height,
-            format=extension,
+            bytes=len(image.data),
+            sha256=image.sha256,
+            width=image.width,
+            height=image.height,
+            format=image.extension,
+            original_width=image.original_width,
+            original_height=image.original_height,
         )
         meta = {
             name: record[name]
@@ -275,6 +283,8 @@ class _ShardRun:
                 "height",
                 "format",
                 "bytes",
+                "original_width",
+                "original_height",
                 "http_status",
                 "content_type",
                 "attempts",
@@ -286,8 +296,16 @@ class _ShardRun:
         meta_json = json.dumps(
             _finite(meta), ensure_ascii=False, default=_json_default, allow_nan=False
         ).encode("utf-8")
-        record["path"] = self.writer.add(
-            row["key"], extension, data, meta_json, row["label"], record["class_index"]
+        # one thread writes the shard's samples, in order: the loop never waits for the disk
+        record["path"] = await asyncio.get_running_loop().run_in_executor(
+            self.write_thread,
+            self.writer.add,
+            row["key"],
+            image.extension,
+            image.data,
+            meta_json,
+            row["label"],
+            record["class_index"],
         )
 
     def results_table(self, extra_schema: pa.Schema) -> pa.Table:
@@ -350,6 +368,8 @@ async def _retry_shard(
         try:
             run.writer.copy_samples(tar, skip_keys=set(todo.column("key").to_pylist()))
         except BaseException:
+            run.write_thread.shutdown()
+            run.processor.close()
             run.writer.abort()
             raise
     await _fetch_and_write(run, todo.to_pylist(), first=False)
@@ -364,13 +384,17 @@ async def _fetch_and_write(run: _ShardRun, rows: list[dict[str, Any]], first: bo
     another attempt committed the shard meanwhile (Dask may run a task twice)."""
     try:
         await run.run(rows)
+        run.write_thread.shutdown()  # every sample written
         if first and is_committed(run.output, run.shard):
             run.writer.abort()
             return False
         run.writer.commit()
     except BaseException:
+        run.write_thread.shutdown()  # no write is under way when the file is dropped
         run.writer.abort()
         raise
+    finally:
+        run.processor.close()
     return True
 
 

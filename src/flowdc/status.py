@@ -7,3 +7,7 @@ TOO_LARGE = "too_large"
 INVALID_URL = "invalid_url"
 MISSING_LABEL = "missing_label"  # imagefolder only: a row with no label has no folder
 OPTED_OUT = "opted_out"  # the host's X-Robots-Tag says noai, noimageai, noindex or noimageindex
+TOO_SMALL = "too_small"  # smaller side under --min_image_size
+BAD_ASPECT_RATIO = "bad_aspect_ratio"  # over --max_aspect_ratio
+HASH_MISMATCH = "hash_mismatch"  # sha256 differs from the --verify_hash column
+DUPLICATE = "duplicate"  # --dedupe: the same bytes are stored under another key (duplicate_of)

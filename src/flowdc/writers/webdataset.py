@@ -20,6 +20,26 @@ _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 
 
+# A ustar header is fixed fields plus a checksum: built from constant parts, it costs a few
+# microseconds where TarInfo.tobuf costs tens (four members per sample, in the event loop).
+_IDS = b"0000644\0" + b"0000000\0" * 2  # mode, uid, gid
+_TAIL = b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247  # type, link, magic, names, prefix
+_TAIL_SUM = sum(_IDS) + sum(_TAIL) + 8 * ord(" ")  # the checksum field counts as spaces
+_OCTAL_LIMIT = 8**11
+
+
+def ustar_header(name: str, size: int, mtime: int) -> bytes:
+    """The 512-byte ustar header of a regular file, as tarfile's USTAR_FORMAT writes it."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= _OCTAL_LIMIT or not 0 <= mtime < _OCTAL_LIMIT:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, mtime, 0o644
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    numbers = b"%011o\0%011o\0" % (size, mtime)
+    checksum = sum(raw) + sum(numbers) + _TAIL_SUM
+    return b"".join((raw, b"\0" * (100 - len(raw)), _IDS, numbers, b"%06o\0 " % checksum, _TAIL))
+
+
 class TarShardWriter:
     """Writes a shard's tar under a temporary name; `commit` renames it into place."""
 
@@ -31,11 +51,7 @@ class TarShardWriter:
         self._mtime = int(time.time())
 
     def _member(self, parts: list[bytes], name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = self._mtime
-        info.mode = 0o644
-        parts.append(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+        parts.append(ustar_header(name, len(data), self._mtime))
         parts.append(data)
         padding = -len(data) % _BLOCK
         if padding:
