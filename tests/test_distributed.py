@@ -230,8 +230,9 @@ def test_full_run_matches_the_local_engine(
     assert local_run.returncode == 0, local_run.stderr
     assert _check_dataset(tmp_path / "dask", 200) == {"success": 180, "failed_to_download": 20}
     assert _summary(tmp_path / "dask") == _summary(tmp_path / "local")
-    dask_results = pq.read_table(tmp_path / "dask" / "00003.parquet").drop(["elapsed_seconds"])
-    local_results = pq.read_table(tmp_path / "local" / "00003.parquet").drop(["elapsed_seconds"])
+    timing = ["elapsed_seconds", "fetched_at"]  # when and how long: differ between any two runs
+    dask_results = pq.read_table(tmp_path / "dask" / "00003.parquet").drop(timing)
+    local_results = pq.read_table(tmp_path / "local" / "00003.parquet").drop(timing)
     assert dask_results.equals(local_results)
 
     def printed(run: subprocess.CompletedProcess[str], name: str) -> str:
@@ -702,6 +703,7 @@ def test_object_storage_input_and_output(
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("flowdc-test/out"))
     assert names == sorted(
         [PLAN_META, PLAN_TABLE, ".flowdc-runs.jsonl", "labels.json", "overview.json"]
+        + ["report.html"]
         + [f"0000{s}{suffix}" for s in range(3) for suffix in (".tar", ".parquet", "_stats.json")]
     )
     local = _download_prefix(s3, "out", tmp_path / "copy")

@@ -331,6 +331,7 @@ def test_overview_merges_the_limiters_host_stats_when_present() -> None:
         "throttled": 1,
         "rate": 6.0,
         "latency_sum": 1.5,
+        "mean_latency": round(1.5 / 7, 4),
     }
     assert "limiter" not in _finish_hosts(hosts, [])["a.org"]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from flowdc.testserver import ImageServer
+from tests.conftest import run_cli
 from tests.test_e2e import (
     assert_ok,
     assert_one_line_error,
@@ -143,7 +144,11 @@ def test_resized_webdataset_loads_with_the_promised_sizes(
     large = by_name["large.jpg"]
     assert (large["original_width"], large["original_height"]) == (800, 600)
     assert large["sha256"] == hashlib.sha256(images["large.jpg"]).hexdigest()
+    raw = {sample["__key__"]: sample for sample in load_webdataset(output, decode=False)}
+    assert large["stored_sha256"] == hashlib.sha256(raw[large["key"]]["webp"]).hexdigest()
     assert not temp_leftovers(output)
+    checked = run_cli("validate", str(output))  # the stored, resized bytes match their hash
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_resized_imagefolder_keeps_small_images_untouched(
@@ -166,3 +171,5 @@ def test_resized_imagefolder_keeps_small_images_untouched(
     assert files["small"].read_bytes() == images["0.jpg"]  # smaller than 100: untouched
     gif = Image.open(io.BytesIO(files["gif"].read_bytes()))
     assert gif.format == "PNG" and gif.size == (40, 30)  # loaders cannot read GIF: PNG
+    checked = run_cli("validate", str(output))  # converted and resized files match their hash
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -57,6 +57,7 @@ RESERVED_COLUMNS = (
     "original_width",
     "original_height",
     "duplicate_of",
+    "stored_sha256",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -55,7 +56,8 @@ RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("http_status", pa.int16()),
     ("attempts", pa.int16()),
     ("bytes", pa.int64()),
-    ("sha256", pa.string()),
+    ("sha256", pa.string()),  # of the downloaded bytes
+    ("stored_sha256", pa.string()),  # of the bytes stored, when resizing or conversion changed them
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("format", pa.string()),
@@ -232,6 +234,7 @@ class _ShardRun:
             "attempts": fetched.attempts,
             "bytes": None,
             "sha256": None,
+            "stored_sha256": None,
             "width": None,
             "height": None,
             "format": None,
@@ -264,6 +267,7 @@ class _ShardRun:
         record.update(
             bytes=len(image.data),
             sha256=image.sha256,
+            stored_sha256=None if image.data == data else hashlib.sha256(image.data).hexdigest(),
             width=image.width,
             height=image.height,
             format=image.extension,

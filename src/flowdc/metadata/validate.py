@@ -198,7 +198,10 @@ def validate_output(output: Path) -> Verdict:
         verdict.shards += 1
         table_path = results_path(output, shard)
         try:
-            table = pq.read_table(table_path, columns=["key", "status", "path", "sha256"])
+            names = pq.read_schema(table_path).names
+            columns = ["key", "status", "path", "sha256"]
+            columns += ["stored_sha256"] if "stored_sha256" in names else []
+            table = pq.read_table(table_path, columns=columns)
         except (OSError, ValueError) as exc:
             verdict.problems.append(f"{table_path.name}: not a readable results table ({exc})")
             continue
@@ -215,8 +218,8 @@ def validate_output(output: Path) -> Verdict:
                     f"{table_path.name}: key {row['key']} is also in shard {keys[row['key']]}"
                 )
             keys[row["key"]] = shard
-            if row["status"] == SUCCESS:
-                expected[row["path"]] = row["sha256"]
+            if row["status"] == SUCCESS:  # a resized or converted image has its own hash
+                expected[row["path"]] = row.get("stored_sha256") or row["sha256"]
         if plan.output_format == "webdataset":
             _check_tar(output / f"{shard:05d}.tar", expected, verdict)
         else:
