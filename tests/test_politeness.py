@@ -74,6 +74,16 @@ def test_host_over_its_hidden_rate_is_finished_with_few_429s(policed: ImageServe
     assert seconds < 15
 
 
+@pytest.mark.policies({HOST_A: HostPolicy(rate=3)})
+def test_overshoot_429s_do_not_use_up_the_retry_budget(policed: ImageServer) -> None:
+    """A burst of 20 at a host that takes 3 a second: the 429s to requests already sent when the
+    limiter cut its rate are our overshoot, and do not fail URLs that one retry would not save."""
+    urls = [policed.url(f"/img/{i}.jpg") for i in range(20)]
+    results = fetch_all(urls, rate_limit=20, rate_capacity=20, max_retry_attempts=1)
+    assert [r.status for r in results] == ["success"] * 20
+    assert max(r.attempts for r in results) <= 2 + 3  # the budget plus at most 3 excused
+
+
 @pytest.mark.policies({HOST_A: HostPolicy(rate=1, retry_after=2)})
 def test_retry_after_is_respected_for_the_whole_host(policed: ImageServer) -> None:
     urls = [policed.url(f"/img/{i}.jpg") for i in range(4)]

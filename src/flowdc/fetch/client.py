@@ -29,6 +29,10 @@ MAX_REDIRECTS = 5
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 THROTTLE_STATUS = frozenset({429, 503})
+MAX_EXCUSED_THROTTLES = 3
+"""A 429 to a request sent before the host's rate was last cut is our overshoot (the burst that
+made the limiter learn), not a sign the URL is bad: up to this many such attempts per URL do not
+count against max_retry_attempts, nor lengthen its backoff."""
 """Answers that say the host is over its capacity: the host's rate is cut and Retry-After obeyed."""
 MAX_RETRY_AFTER_SECONDS = 120.0
 _BACKOFF_CAP_SECONDS = 60.0
@@ -195,9 +199,16 @@ class Fetcher:
             result = await self._attempt(job.url)
         except _Failure as failure:
             self._learn(host, figures, sent_at, failure.latency, failure)
+            if (
+                failure.http_status == 429
+                and host.rate.last_cut > sent_at
+                and job.excused < MAX_EXCUSED_THROTTLES
+            ):
+                job.excused += 1
             max_attempts = 1 + self.config.max_retry_attempts
-            if failure.retryable and job.attempts < max_attempts and not job.batch.cancelled:
-                delay = self._backoff(job.attempts, failure.retry_after)
+            counted = job.attempts - job.excused
+            if failure.retryable and counted < max_attempts and not job.batch.cancelled:
+                delay = self._backoff(max(1, counted), failure.retry_after)
                 self.scheduler.retry_later(job, host, delay)
                 job.batch.retried += 1
                 return

@@ -99,6 +99,8 @@ class Job:
     on_done: Callable[[Any], Awaitable[None]]
     batch: Batch
     attempts: int = 0
+    excused: int = 0
+    """Throttled attempts not counted against the retry budget (see Fetcher._run_attempt)."""
     first_sent: float | None = None
     ready_at: float = 0.0
 
