@@ -216,6 +216,13 @@ class Scheduler:
             host = await self._ready.get()
             host.queued = False
             now = self.clock()
+            if (
+                host.blocked_until > now
+                or host.rate.available_at(now) > now
+                or host.in_flight >= host.concurrency.allowed(self.share())
+            ):  # a Retry-After, a cut or a busy slot came while it waited in the queue
+                self.review(host)
+                continue
             job = host.next_job(now)
             if job is None or job.batch.cancelled:
                 self.review(host)
