@@ -95,6 +95,12 @@ class Plan:
     def class_index(self) -> dict[str, int]:
         return {label: index for index, label in enumerate(self.labels or [])}
 
+    def shard_rows(self, shard: int) -> int:
+        """Rows in `shard`: shard_size, but for the last shard."""
+        if shard < self.shard_count - 1:
+            return self.shard_size
+        return self.total_rows - self.shard_size * (self.shard_count - 1)
+
     def read_shard(self, shard: int) -> pa.Table:
         # One open file per plan: its footer lists every row group, and parsing it per shard
         # made runs with many shards quadratic.

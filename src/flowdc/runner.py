@@ -74,12 +74,6 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _shard_rows(plan: Plan, shard: int) -> int:
-    if shard < plan.shard_count - 1:
-        return plan.shard_size
-    return plan.total_rows - plan.shard_size * (plan.shard_count - 1)
-
-
 def _retryable_rows(plan: Plan) -> dict[int, int]:
     """Committed shards with rows worth retrying, and how many."""
     output = Path(plan.output)
@@ -190,8 +184,9 @@ def _run_plan(
     plan: Plan, config: DownloadConfig, echo: Echo, store: remote.RemoteStore | None = None
 ) -> RunSummary:
     output = Path(plan.output)
-    rows_to_run = {s: _shard_rows(plan, s) for s in range(plan.shard_count)}
-    rows_to_run = {s: n for s, n in rows_to_run.items() if not is_committed(output, s)}
+    rows_to_run = {
+        s: plan.shard_rows(s) for s in range(plan.shard_count) if not is_committed(output, s)
+    }
     skipped = plan.shard_count - len(rows_to_run)
     if skipped:
         echo(f"resuming: {skipped} of {plan.shard_count} shard(s) already committed")

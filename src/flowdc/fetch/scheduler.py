@@ -182,11 +182,11 @@ class Scheduler:
         """Put the host in the ready queue if it may send now, else set a timer for when."""
         if host.queued or not host.has_work():
             return
-        if host.in_flight >= host.concurrency.allowed(self.share()):
+        now = self.clock()
+        start = self._start_time(host, now)
+        if start is None:
             self._capped.add(host)  # a finishing request reviews it again
             return
-        now = self.clock()
-        start = max(host.rate.available_at(now), host.blocked_until, host.work_ready_at())
         if start <= now:
             self._cancel_timer(host)
             host.queued = True
@@ -196,6 +196,13 @@ class Scheduler:
             loop = asyncio.get_running_loop()
             host.timer_at = start
             host.timer = loop.call_later(start - now, self._wake, host)
+
+    def _start_time(self, host: Host, now: float) -> float | None:
+        """When the host may send next: its token, its Retry-After and its first due job; None
+        when it has no work or holds its share of the slots."""
+        if not host.has_work() or host.in_flight >= host.concurrency.allowed(self.share()):
+            return None
+        return max(host.rate.available_at(now), host.blocked_until, host.work_ready_at())
 
     def _wake(self, host: Host) -> None:
         host.timer, host.timer_at = None, math.inf
@@ -216,14 +223,9 @@ class Scheduler:
             host = await self._ready.get()
             host.queued = False
             now = self.clock()
-            if (
-                host.blocked_until > now
-                or host.rate.available_at(now) > now
-                or host.in_flight >= host.concurrency.allowed(self.share())
-            ):  # a Retry-After, a cut or a busy slot came while it waited in the queue
-                self.review(host)
-                continue
-            job = host.next_job(now)
+            # checked again: a Retry-After, a cut or a busy slot may have come while it waited
+            start = self._start_time(host, now)
+            job = host.next_job(now) if start is not None and start <= now else None
             if job is None or job.batch.cancelled:
                 self.review(host)
                 if host.in_flight == 0 and not host.has_work():

@@ -56,12 +56,6 @@ class Verdict:
         return "\n".join(lines)
 
 
-def _shard_rows(plan: Plan, shard: int) -> int:
-    if shard < plan.shard_count - 1:
-        return plan.shard_size
-    return plan.total_rows - plan.shard_size * (plan.shard_count - 1)
-
-
 def _check_tar(path: Path, expected: dict[str, str], verdict: Verdict) -> None:
     """expected: member name -> sha256 of every committed sample of this shard."""
     seen: set[str] = set()
@@ -207,9 +201,9 @@ def validate_output(output: Path) -> Verdict:
             continue
         rows = table.to_pylist()
         verdict.rows += len(rows)
-        if len(rows) != _shard_rows(plan, shard):
+        if len(rows) != plan.shard_rows(shard):
             verdict.problems.append(
-                f"{table_path.name}: {len(rows)} rows, the plan has {_shard_rows(plan, shard)}"
+                f"{table_path.name}: {len(rows)} rows, the plan has {plan.shard_rows(shard)}"
             )
         expected: dict[str, str] = {}
         for row in rows:
