@@ -101,6 +101,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def flowdc_download(urls: Path, *options: str) -> list[str]:
+    """`flowdc download` of a benchmark list: its labels, no bar, and no rate limiting (nginx on
+    loopback is not a public host; the limits are what benchmarks/polite.py measures)."""
+    return [
+        sys.executable, "-m", "flowdc", "download", "--input", str(urls), "--label", "label",
+        "--no-enable_rate_limiting", "--no-progress", *options,
+    ]  # fmt: skip
+
+
+def stop_nginx(nginx: subprocess.Popen) -> None:
+    os.killpg(nginx.pid, signal.SIGTERM)
+    nginx.wait(10)
+
+
 def start_nginx(
     root: Path, work: Path, port: int, tls: tuple[Path, Path, int] | None = None
 ) -> subprocess.Popen:
@@ -234,22 +248,10 @@ def main() -> int:
             f"{statistics.median(sizes) / 1e3:.0f} KB, mean per URL {mean_kb:.0f} KB, "
             f"{os.cpu_count()} cores"
         )
-        flowdc = [
-            sys.executable,
-            "-m",
-            "flowdc",
-            "download",
-            "--input",
-            str(work / "urls.parquet"),
-            "--label",
-            "label",
-            "--no-enable_rate_limiting",
-            "--no-progress",
-            "--concurrent_downloads",
-            str(args.concurrency),
-            "--shard_size",
-            "10000",
-        ]
+        flowdc = flowdc_download(
+            work / "urls.parquet", "--concurrent_downloads", str(args.concurrency),
+            "--shard_size", "10000",
+        )  # fmt: skip
         bare = [sys.executable, "-c", BARE_LOOP, str(work / "urls.parquet"), str(args.concurrency)]
         runs: dict[str, list[dict[str, float]]] = {
             "flowdc": [],
@@ -287,8 +289,7 @@ def main() -> int:
             print(f"flowdc / {other} images/s: {medians['flowdc'] / medians[other]:.2f}")
     finally:
         if nginx is not None:
-            os.killpg(nginx.pid, signal.SIGTERM)
-            nginx.wait(10)
+            stop_nginx(nginx)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from core_run import HOSTS, free_port, make_pool, start_nginx
+from core_run import HOSTS, flowdc_download, free_port, make_pool, start_nginx, stop_nginx
 
 
 def timed(command: list[str]) -> float:
@@ -91,22 +90,9 @@ def main() -> int:
             f"{statistics.median(sizes) / 1e3:.0f} KB, {os.cpu_count()} cores, shards of "
             f"{args.shard_size}"
         )
-        base = [
-            sys.executable,
-            "-m",
-            "flowdc",
-            "download",
-            "--input",
-            str(work / "urls.parquet"),
-            "--label",
-            "label",
-            "--no-enable_rate_limiting",
-            "--no-progress",
-            "--shard_size",
-            str(args.shard_size),
-            "--processes",
-            "2",
-        ]
+        base = flowdc_download(
+            work / "urls.parquet", "--shard_size", str(args.shard_size), "--processes", "2"
+        )
         engines = {
             "local (2 processes)": [],
             "dask (2 workers)": ["--engine", "dask", "--scheduler", address],
@@ -141,8 +127,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         if nginx is not None:
-            os.killpg(nginx.pid, signal.SIGTERM)
-            nginx.wait(10)
+            stop_nginx(nginx)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

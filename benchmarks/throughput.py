@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from core_run import BARE_LOOP, HOSTS, free_port, make_pool, measure, start_nginx
+from core_run import (
+    BARE_LOOP,
+    HOSTS,
+    flowdc_download,
+    free_port,
+    make_pool,
+    measure,
+    start_nginx,
+    stop_nginx,
+)
 
 I2D_VENV = Path(__file__).resolve().parent / ".venv-img2dataset"
 CASES = ("wds-http", "wds-https", "wds-resize256", "imagefolder-http")
@@ -84,12 +92,10 @@ def shard_size(urls: int) -> int:
 
 def flowdc_command(urls: Path, out: Path, concurrency: int, *extra: str) -> list[str]:
     rows = pq.ParquetFile(urls).metadata.num_rows
-    return [
-        sys.executable, "-m", "flowdc", "download", "--input", str(urls), "--output", str(out),
-        "--label", "label", "--no-enable_rate_limiting", "--no-progress", "--shard_size",
-        str(shard_size(rows)), "--concurrent_downloads", str(concurrency),
-        *extra,
-    ]  # fmt: skip
+    return flowdc_download(
+        urls, "--output", str(out), "--shard_size", str(shard_size(rows)),
+        "--concurrent_downloads", str(concurrency), *extra,
+    )  # fmt: skip
 
 
 def flowdc_count(out: Path) -> int:
@@ -246,8 +252,7 @@ def main() -> int:
             Path(args.json).write_text(json.dumps(results, indent=1))
     finally:
         if nginx is not None:
-            os.killpg(nginx.pid, signal.SIGTERM)
-            nginx.wait(10)
+            stop_nginx(nginx)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
