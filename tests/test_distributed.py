@@ -44,6 +44,11 @@ def _until(check: Callable[[], object], what: str, limit: float = WAIT) -> objec
     raise AssertionError(f"timed out after {limit} s waiting for {what}")
 
 
+def _flowdc(*args: str) -> list[str]:
+    """`python -m flowdc ARGS`, as a user runs it."""
+    return [sys.executable, "-m", "flowdc", *args]
+
+
 def _start(
     command: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -254,10 +259,7 @@ def test_full_run_matches_the_local_engine(
 
 def _start_download(listing: Path, output: Path, address: str, log: Path) -> subprocess.Popen:
     return _start(
-        [
-            sys.executable,
-            "-m",
-            "flowdc",
+        _flowdc(
             "download",
             "--input",
             str(listing),
@@ -272,7 +274,7 @@ def _start_download(listing: Path, output: Path, address: str, log: Path) -> sub
             "dask",
             "--scheduler",
             address,
-        ],
+        ),
         log,
     )
 
@@ -339,10 +341,7 @@ def test_listen_hosts_the_scheduler_and_flowdc_worker_joins(
     listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 40))
     address = f"127.0.0.1:{_free_port()}"
     run = _start(
-        [
-            sys.executable,
-            "-m",
-            "flowdc",
+        _flowdc(
             "download",
             "--input",
             str(listing),
@@ -354,14 +353,11 @@ def test_listen_hosts_the_scheduler_and_flowdc_worker_joins(
             "dask",
             "--listen",
             address,
-        ],
+        ),
         tmp_path / "run.log",
     )
     worker = _start(
-        [
-            sys.executable,
-            "-m",
-            "flowdc",
+        _flowdc(
             "worker",
             f"tcp://{address}",
             "--nworkers",
@@ -369,7 +365,7 @@ def test_listen_hosts_the_scheduler_and_flowdc_worker_joins(
             "--no-dashboard",
             "--death-timeout",
             "60",
-        ],
+        ),
         tmp_path / "worker.log",
     )
     try:
@@ -443,10 +439,7 @@ def test_tls_cluster(fresh_server: ImageServer, tmp_path: Path) -> None:
     listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 20))
     address = f"127.0.0.1:{_free_port()}"
     run = _start(
-        [
-            sys.executable,
-            "-m",
-            "flowdc",
+        _flowdc(
             "download",
             "--input",
             str(listing),
@@ -458,15 +451,12 @@ def test_tls_cluster(fresh_server: ImageServer, tmp_path: Path) -> None:
             "dask",
             "--listen",
             f"tls://{address}",
-        ],
+        ),
         tmp_path / "run.log",
         env,
     )
     worker = _start(
-        [
-            sys.executable,
-            "-m",
-            "flowdc",
+        _flowdc(
             "worker",
             f"tls://{address}",
             "--nworkers",
@@ -474,7 +464,7 @@ def test_tls_cluster(fresh_server: ImageServer, tmp_path: Path) -> None:
             "--no-dashboard",
             "--death-timeout",
             "60",
-        ],
+        ),
         tmp_path / "worker.log",
         env,
     )
