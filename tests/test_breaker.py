@@ -78,6 +78,8 @@ def test_host_names_dns_cannot_carry_are_invalid_urls() -> None:
     assert parse_url("http://" + "a" * 64 + ".example/x.jpg") is None
     assert parse_url("http://" + "a" * 63 + ".example/x.jpg") is not None
     assert parse_url("http://" + ".".join(["abcdefgh"] * 30) + "/x.jpg") is None  # 269 chars
+    assert parse_url("http://xn--a.test/x.jpg") is None  # broken punycode: .host raises
+    assert parse_url("http://xn--/x.jpg") is None
     assert parse_url("http://127.0.0.1:8080/x.jpg") is not None
     assert parse_url("http://[::1]:8080/x.jpg") is not None
 

@@ -100,9 +100,10 @@ def parse_url(url: str | None) -> URL | None:
         return None
     try:
         parsed = URL(url.strip())
+        # .host decodes IDNA and raises on a broken punycode label such as "xn--a"
+        if parsed.scheme not in ("http", "https") or not parsed.host or not _valid_host(parsed):
+            return None
     except (ValueError, TypeError):
-        return None
-    if parsed.scheme not in ("http", "https") or not parsed.host or not _valid_host(parsed):
         return None
     return parsed
 
