@@ -25,7 +25,9 @@ from pydantic import (
 from flowdc import __version__
 from flowdc.errors import FlowDCError
 
-InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls"]
+InputFormat = Literal[
+    "parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"
+]
 OutputFormat = Literal["webdataset", "imagefolder"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm"]

@@ -123,6 +123,11 @@ class Plan:
 
 def fingerprint(path: Path) -> str:
     """Size plus hashes of the first and last MiB: cheap, and changes when the list changes."""
+    if path.is_dir():  # a Darwin Core Archive folder: its files' names and fingerprints
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}:{fingerprint(file)}".encode())
+        return digest.hexdigest()
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as handle:
