@@ -25,9 +25,7 @@ from pydantic import (
 from flowdc import __version__
 from flowdc.errors import FlowDCError
 
-InputFormat = Literal[
-    "parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"
-]
+InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
 OutputFormat = Literal["webdataset", "imagefolder"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm"]
@@ -195,6 +193,19 @@ class DownloadConfig(BaseModel):
         description="Input column holding each image's expected sha256 (hex); a row whose "
         "download differs gets status hash_mismatch. Rows with no value are not checked.",
     )
+    license_col: str | None = Field(
+        None,
+        description="Input column holding each image's licence, for attribution.csv, the "
+        "licence summary and --license_filter; default: the column license when the input "
+        "has one (a Darwin Core Archive does).",
+    )
+    license_filter: str | None = Field(
+        None,
+        description="Download only rows whose licence is in this list, such as CC0,CC-BY "
+        "(names like CC-BY-NC-4.0 or licence URLs, any case; no version means any version; "
+        "CC-BY does not match CC-BY-NC). Other rows and rows with no licence get status "
+        "license_filtered.",
+    )
     dedupe: bool = Field(
         False,
         description="Store each distinct image (same sha256) once per output; later copies get "
@@ -271,11 +282,23 @@ class DownloadConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("label", "verify_hash")
+    @field_validator("label", "verify_hash", "license_col")
     @classmethod
     def _label_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be empty (omit it for no label)")
+        return value
+
+    @field_validator("license_filter")
+    @classmethod
+    def _known_licenses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from flowdc.licenses import LicenseFilter, split_filter
+
+            try:
+                LicenseFilter(split_filter(value))
+            except FlowDCError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("slurm_options", "storage_options", mode="before")

@@ -344,8 +344,7 @@ class DwcArchive:
             insert = f"INSERT OR IGNORE INTO core VALUES ({marks})"
             chunk: list[tuple[str | None, ...]] = []
             for row in self.rows(self.core):
-                core_id = row[id_index].strip() if id_index < len(row) else ""  # type: ignore[operator]
-                chunk.append((core_id, *(self._cell(row, i, d) for i, d in getters)))
+                chunk.append((_key(row, id_index), *(self._cell(row, i, d) for i, d in getters)))
                 if len(chunk) == 10_000:
                     db.executemany(insert, chunk)
                     chunk = []
@@ -378,7 +377,7 @@ class DwcArchive:
             return None
 
         def flush() -> pa.RecordBatch:
-            ids = [row[spec.id_index].strip() if spec.id_index < len(row) else "" for row in pending]  # type: ignore[operator]
+            ids = [_key(row, spec.id_index) for row in pending]
             db.execute("DELETE FROM batch")
             db.executemany("INSERT INTO batch VALUES (?, ?)", enumerate(ids))
             width = len(self.core_kept) + len(self.core_fallback)
@@ -399,7 +398,8 @@ class DwcArchive:
                 values = [first(row, getters) for row in pending]
                 if name in self.core_fallback:
                     slot = kept + self.core_fallback.index(name)
-                    values = [v if v is not None else c[slot] for v, c in zip(values, joined)]
+                    pairs = zip(values, joined, strict=True)
+                    values = [value if value is not None else core[slot] for value, core in pairs]
                 columns[name] = values
             return pa.record_batch([columns[name] for name in names], schema=schema)
 
@@ -421,6 +421,12 @@ class DwcArchive:
                 f"{skipped:,} of {total:,} multimedia rows of {self.path.name} are not images "
                 f"(sound, video, or a format that is not image/*) and were left out"
             )
+
+
+def _key(row: list[str], index: int | None) -> str:
+    """The row's id (core) or coreid (extension); meta.xml was checked to give the index."""
+    assert index is not None
+    return row[index].strip() if index < len(row) else ""
 
 
 def _is_image(media_type: str | None, media_format: str | None) -> bool:
