@@ -18,6 +18,7 @@ from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.interactive import in_notebook, tqdm_class
+from flowdc.metadata.attribution import ATTRIBUTION_FILE
 from flowdc.metadata.finish import finish_metadata
 from flowdc.metadata.overview import (
     OVERVIEW_FILE,
@@ -254,7 +255,9 @@ def _run_plan(
         write_labels_file(plan, overview["class_counts"])
     finish_metadata(plan, config, overview, echo)
     if store is not None:
-        remote.push_files(store, output, (OVERVIEW_FILE, "report.html", "croissant.json"))
+        remote.push_files(
+            store, output, (OVERVIEW_FILE, "report.html", "croissant.json", ATTRIBUTION_FILE)
+        )
     return RunSummary(
         output=str(output),
         total_rows=plan.total_rows,

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from flowdc import __version__
 from flowdc.config import DownloadConfig
+from flowdc.metadata.attribution import license_summary
 from flowdc.metadata.tables import read_stats
 from flowdc.plan import Plan
 from flowdc.remote import is_remote
@@ -195,6 +196,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         "http_status_counts": dict(sorted(http_statuses.items())),
         "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
         "per_host": _finish_hosts(hosts, read_stats(plan)),
+        "licenses": license_summary(plan, config),
         "shards": {
             "total": plan.shard_count,
             "committed": committed,

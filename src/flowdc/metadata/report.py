@@ -38,6 +38,7 @@ SECTIONS = (
     ("failures", "Failure reasons"),
     ("hosts", "Hosts"),
     ("classes", "Class distribution"),
+    ("licenses", "Licences and attribution"),
     ("sizes", "Image sizes"),
     ("resolution", "Image resolution"),
     ("samples", "Sample images"),
@@ -234,6 +235,20 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _licenses(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return '<p class="empty">the input has no licence column (see --license_col)</p>'
+    rows = [[c["name"], licence, c["rows"], c["images"]] for licence, c in summary["counts"].items()]
+    chosen = summary.get("filter")
+    return (
+        f"<p>Licences of the column '{escape(summary['column'])}'"
+        + (f"; --license_filter kept {escape(', '.join(chosen))}" if chosen else "")
+        + ". attribution.csv credits each stored image: licence, rights holder, creator and "
+        "source record.</p>"
+        + _table(["licence", "canonical form", "rows", "images"], rows)
+    )
+
+
 def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, str]:
     rate = summary["success_rate_percent"]
     shards = overview["shards"]
@@ -359,6 +374,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         + ".</p>",
         svg.bar_list(top, "ok") if top else '<p class="empty">no labels</p>',
     )
+    section("licenses", _licenses(overview.get("licenses")))
     ok = table.filter(pc.equal(table.column("status"), SUCCESS))
     sizes = (
         [b / 1024 for b in ok.column("bytes").to_pylist() if b]
