@@ -115,9 +115,7 @@ def write_attribution(plan: Plan, config: DownloadConfig) -> Path | None:
         writer = csv.writer(handle)
         writer.writerow(ATTRIBUTION_COLUMNS)
         for shard in committed_shards(plan):
-            table = pq.read_table(
-                results_path(output, shard), columns=list(dict.fromkeys(wanted))
-            )
+            table = pq.read_table(results_path(output, shard), columns=list(dict.fromkeys(wanted)))
             table = table.filter(pc.equal(table.column("status"), SUCCESS))
             for row in table.to_pylist():
                 licence = canonical(row.get(license_col))
@@ -134,4 +132,3 @@ def write_attribution(plan: Plan, config: DownloadConfig) -> Path | None:
                 )
     temporary.replace(target)
     return target
-

@@ -238,14 +238,14 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def _licenses(summary: dict[str, Any] | None) -> str:
     if not summary:
         return '<p class="empty">the input has no licence column (see --license_col)</p>'
-    rows = [[c["name"], licence, c["rows"], c["images"]] for licence, c in summary["counts"].items()]
+    counts = summary["counts"].items()
+    rows = [[c["name"], licence, c["rows"], c["images"]] for licence, c in counts]
     chosen = summary.get("filter")
     return (
         f"<p>Licences of the column '{escape(summary['column'])}'"
         + (f"; --license_filter kept {escape(', '.join(chosen))}" if chosen else "")
         + ". attribution.csv credits each stored image: licence, rights holder, creator and "
-        "source record.</p>"
-        + _table(["licence", "canonical form", "rows", "images"], rows)
+        "source record.</p>" + _table(["licence", "canonical form", "rows", "images"], rows)
     )
 
 
