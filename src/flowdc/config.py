@@ -51,7 +51,8 @@ class DownloadConfig(BaseModel):
     # input and output
     input: str = Field(
         description="URL table to read (parquet, csv, tsv, txt, json, jsonl, xml, "
-        "xlsx, xls; .gz for text formats); a path or a URL such as s3://bucket/list.parquet."
+        "xlsx, xls; .gz for text formats), or a Darwin Core Archive (a GBIF download .zip or its "
+        "folder); a path or a URL such as s3://bucket/list.parquet."
     )
     input_format: InputFormat | None = Field(
         None, description="Format of the input; default: taken from the file extension."
