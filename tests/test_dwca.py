@@ -481,3 +481,18 @@ def test_rows_without_licence_are_filtered(fresh_server: ImageServer, tmp_path: 
     assert [(line["license"], line["creator"]) for line in lines] == [(CC0, "Dee")]
     assert server.hits["/img/10.jpg"] == 1  # filtered rows are never requested
     assert server.hits["/img/11.jpg"] == 0 and server.hits["/img/12.jpg"] == 0
+
+
+def test_dask_engine_writes_the_same_attribution_and_filter(
+    archive_run: dict[str, Any], tmp_path: Path
+) -> None:
+    local = tmp_path / "local"
+    distributed = tmp_path / "dask"
+    _download(archive_run["archive"], local, license_filter="CC-BY-NC,cc0")
+    _download(archive_run["archive"], distributed, license_filter="CC-BY-NC,cc0", engine="dask")
+    assert _attribution(distributed) == _attribution(local)
+    statuses = {row["key"]: row["status"] for row in _results(local)}
+    assert {row["key"]: row["status"] for row in _results(distributed)} == statuses
+    assert Counter(statuses.values())["license_filtered"] == 2  # the two CC-BY rows
+    overview = json.loads((distributed / "overview.json").read_text(encoding="utf-8"))
+    assert overview["licenses"]["counts"][BY] == {"name": "CC-BY-4.0", "rows": 2, "images": 0}
