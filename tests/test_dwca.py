@@ -496,3 +496,12 @@ def test_dask_engine_writes_the_same_attribution_and_filter(
     assert Counter(statuses.values())["license_filtered"] == 2  # the two CC-BY rows
     overview = json.loads((distributed / "overview.json").read_text(encoding="utf-8"))
     assert overview["licenses"]["counts"][BY] == {"name": "CC-BY-4.0", "rows": 2, "images": 0}
+
+
+def test_no_licence_warning_when_the_images_licences_are_stated() -> None:
+    from flowdc.config import build_config
+    from flowdc.metadata.croissant import croissant_warnings
+
+    config = build_config({"input": "a.zip", "output": "o", "dataset_creator": "me"})
+    assert any("dataset_license" in w for w in croissant_warnings(config))
+    assert croissant_warnings(config, image_licenses=True) == []

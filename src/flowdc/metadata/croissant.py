@@ -493,9 +493,10 @@ def check_croissant(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def croissant_warnings(config: DownloadConfig) -> list[str]:
+def croissant_warnings(config: DownloadConfig, image_licenses: bool = False) -> list[str]:
+    """What the user should add; no licence warning when the images' licences are stated."""
     warnings = []
-    if not config.dataset_license:
+    if not config.dataset_license and not image_licenses:
         warnings.append(
             "warning: no --dataset_license; croissant.json says the license is not stated"
         )
@@ -513,9 +514,9 @@ def write_croissant(
     level = config.croissant_level()
     if level == "no_croissant":
         return None
-    for message in croissant_warnings(config):
-        warn(message)
     doc = build_croissant(plan, config, overview, level)
+    for message in croissant_warnings(config, isinstance(doc["license"], list)):
+        warn(message)
     for problem in check_croissant(doc):
         warn(f"warning: {problem}")
     path = Path(plan.output) / CROISSANT_FILE
