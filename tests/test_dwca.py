@@ -505,3 +505,19 @@ def test_no_licence_warning_when_the_images_licences_are_stated() -> None:
     config = build_config({"input": "a.zip", "output": "o", "dataset_creator": "me"})
     assert any("dataset_license" in w for w in croissant_warnings(config))
     assert croissant_warnings(config, image_licenses=True) == []
+
+
+def test_quoted_csv_archive(tmp_path: Path) -> None:
+    """Some publishers write comma-separated files with quotes: meta.xml says so."""
+    meta = META.replace('fieldsTerminatedBy="\\t"', 'fieldsTerminatedBy=","')
+    meta = meta.replace('fieldsEnclosedBy=""', "fieldsEnclosedBy='\"'")
+    (tmp_path / "meta.xml").write_text(meta, encoding="utf-8")
+    core = 'id,a,b,c,"Rosa canina L., 1753",Rosaceae,Rosa,"Rosa canina",3003,,\n'
+    (tmp_path / "occurrence.txt").write_text("h\n" + core, encoding="utf-8")
+    media = '1,StillImage,image/jpeg,http://x.test/a.jpg,,"Title, with comma",,CC0,\r\n'
+    (tmp_path / "multimedia.txt").write_text("h\r\n" + media.replace("1,", "id,", 1), "utf-8")
+    (tmp_path / "verbatim.txt").write_text("h\n", encoding="utf-8")
+    rows = _table(tmp_path, ("scientificName",)).to_pylist()
+    assert [(r["url"], r["title"], r["scientificName"]) for r in rows] == [
+        ("http://x.test/a.jpg", "Title, with comma", "Rosa canina L., 1753")
+    ]
