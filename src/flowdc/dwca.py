@@ -27,6 +27,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import IO
 
@@ -34,7 +35,7 @@ import pyarrow as pa
 
 from flowdc.errors import FlowDCError
 
-BATCH_ROWS = 65_536
+BATCH_ROWS = 16_384  # media rows joined per query: small batches keep memory low
 META = "meta.xml"
 MULTIMEDIA_ROW_TYPES = (
     "http://rs.gbif.org/terms/1.0/Multimedia",
@@ -307,15 +308,6 @@ class DwcArchive:
                 for line in lines:
                     yield line.split(spec.delimiter)
 
-    @staticmethod
-    def _getter(spec: FileSpec, name: str) -> tuple[int | None, str | None]:
-        return spec.fields.get(name), spec.defaults.get(name)
-
-    @staticmethod
-    def _cell(row: list[str], index: int | None, default: str | None) -> str | None:
-        value = row[index].strip() if index is not None and index < len(row) else ""
-        return value or default or None
-
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The image rows of the multimedia file, joined to their core rows, in file order."""
         try:
@@ -328,94 +320,92 @@ class DwcArchive:
             ) from None
 
     @contextlib.contextmanager
-    def _core_index(self) -> Iterator[sqlite3.Connection]:
+    def _core_index(self) -> Iterator[tuple[sqlite3.Connection, _Picker]]:
+        """The kept core columns, raw, in a SQLite table keyed by the core id."""
         folder = tempfile.mkdtemp(prefix="flowdc-dwca-")
         db = sqlite3.connect(Path(folder) / "core.sqlite")
         try:
-            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-32000"):
+            for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16000"):
                 db.execute(f"PRAGMA {pragma}")
-            names = [*self.core_kept, *(f"occ_{n}" for n in self.core_fallback)]
-            terms = [*self.core_kept, *self.core_fallback]
-            columns = "".join(f', "c{i}" TEXT' for i in range(len(names)))
+            picker = _Picker(self.core, [*self.core_kept, *self.core_fallback])
+            columns = "".join(f", c{i} TEXT" for i in range(1, picker.width))
             db.execute(f"CREATE TABLE core (id TEXT PRIMARY KEY{columns}) WITHOUT ROWID")
-            getters = [self._getter(self.core, name) for name in terms]
-            id_index = self.core.id_index
-            marks = ",".join("?" * (len(names) + 1))
-            insert = f"INSERT OR IGNORE INTO core VALUES ({marks})"
-            chunk: list[tuple[str | None, ...]] = []
+            insert = f"INSERT OR IGNORE INTO core VALUES ({','.join('?' * picker.width)})"
+            take = picker.take
+            chunk: list[tuple[str, ...]] = []
             for row in self.rows(self.core):
-                chunk.append((_key(row, id_index), *(self._cell(row, i, d) for i, d in getters)))
+                chunk.append(take(row))
                 if len(chunk) == 10_000:
                     db.executemany(insert, chunk)
                     chunk = []
             db.executemany(insert, chunk)
             db.execute("CREATE TEMP TABLE batch (pos INTEGER PRIMARY KEY, id TEXT)")
-            yield db
+            yield db, picker
         finally:
             db.close()
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _media_batches(self, db: sqlite3.Connection) -> Iterator[pa.RecordBatch]:
+    def _media_batches(self, index: tuple[sqlite3.Connection, _Picker]) -> Iterator[pa.RecordBatch]:
+        db, core = index
         spec = self.media
-        url_getter = next(self._getter(spec, t) for t in URL_TERMS if t in spec.terms())
-        media_getters = {
-            name: [self._getter(spec, t) for t in terms if t in spec.terms()]
-            for name, terms in MEDIA_COLUMNS.items()
+        present = spec.terms()
+        url_term = next(t for t in URL_TERMS if t in present)
+        alternates = {
+            name: [t for t in terms if t in present] for name, terms in MEDIA_COLUMNS.items()
         }
-        extra_getters = [self._getter(spec, name) for name in self.media_extra]
+        wanted = [url_term, *(t for ts in alternates.values() for t in ts), *self.media_extra]
+        media = _Picker(spec, list(dict.fromkeys(wanted)))
         names = self.column_names()
         schema = pa.schema([(name, pa.string()) for name in names])
-        pending: list[list[str]] = []
-        skipped = 0
-        total = 0
+        select = ", ".join(f"c.c{i}" for i in range(1, core.width))
+        query = f"SELECT c.id{', ' + select if select else ''} FROM batch b "
+        query += "LEFT JOIN core c ON c.id = b.id ORDER BY b.pos"
 
-        def first(row: list[str], getters: list[tuple[int | None, str | None]]) -> str | None:
-            for index, default in getters:
-                value = self._cell(row, index, default)
-                if value is not None:
-                    return value
-            return None
-
-        def flush() -> pa.RecordBatch:
-            ids = [_key(row, spec.id_index) for row in pending]
+        def flush(pending: list[tuple[str, ...]]) -> pa.RecordBatch:
             db.execute("DELETE FROM batch")
-            db.executemany("INSERT INTO batch VALUES (?, ?)", enumerate(ids))
-            width = len(self.core_kept) + len(self.core_fallback)
-            select = ", ".join(f'c."c{i}"' for i in range(width)) or "NULL"
-            joined = db.execute(
-                f"SELECT {select} FROM batch b LEFT JOIN core c ON c.id = b.id ORDER BY b.pos"
-            ).fetchall()
-            kept = len(self.core_kept)
+            db.executemany(
+                "INSERT INTO batch VALUES (?, ?)", ((i, r[0]) for i, r in enumerate(pending))
+            )
+            joined = db.execute(query).fetchall()
             columns: dict[str, list[str | None]] = {
-                "url": [self._cell(row, *url_getter) for row in pending],
-                "coreid": [value or None for value in ids],
+                "url": media.column(pending, url_term),
+                "coreid": [row[0].strip() or None for row in pending],
             }
-            for position, name in enumerate(self.core_kept):
-                columns[name] = [core[position] for core in joined]
-            for getter, name in zip(extra_getters, self.media_extra, strict=True):
-                columns[name] = [self._cell(row, *getter) for row in pending]
-            for name, getters in media_getters.items():
-                values = [first(row, getters) for row in pending]
+            for name in self.core_kept:
+                columns[name] = core.column(joined, name)
+            for name in self.media_extra:
+                columns[name] = media.column(pending, name)
+            for name, terms in alternates.items():
+                values: list[str | None] = [None] * len(pending)
+                for term in terms:
+                    other = media.column(pending, term)
+                    values = [v if v is not None else o for v, o in zip(values, other, strict=True)]
                 if name in self.core_fallback:
-                    slot = kept + self.core_fallback.index(name)
-                    pairs = zip(values, joined, strict=True)
-                    values = [value if value is not None else core[slot] for value, core in pairs]
+                    other = core.column(joined, name)
+                    values = [v if v is not None else o for v, o in zip(values, other, strict=True)]
                 columns[name] = values
             return pa.record_batch([columns[name] for name in names], schema=schema)
 
-        type_getters = media_getters["media_type"]
-        format_getters = media_getters["media_format"]
+        type_slot = media.slot(alternates["media_type"][0]) if alternates["media_type"] else None
+        format_slot = (
+            media.slot(alternates["media_format"][0]) if alternates["media_format"] else None
+        )
+        pending: list[tuple[str, ...]] = []
+        skipped = total = 0
         for row in self.rows(spec):
             total += 1
-            if not _is_image(first(row, type_getters), first(row, format_getters)):
+            picked = media.take(row)
+            kind = picked[type_slot] if type_slot is not None else ""
+            fmt = picked[format_slot] if format_slot is not None else ""
+            if (kind or fmt) and not _is_image(kind, fmt):
                 skipped += 1
                 continue
-            pending.append(row)
+            pending.append(picked)
             if len(pending) == BATCH_ROWS:
-                yield flush()
+                yield flush(pending)
                 pending = []
         if pending:
-            yield flush()
+            yield flush(pending)
         if skipped:
             self.notes.append(
                 f"{skipped:,} of {total:,} multimedia rows of {self.path.name} are not images "
@@ -423,16 +413,48 @@ class DwcArchive:
             )
 
 
-def _key(row: list[str], index: int | None) -> str:
-    """The row's id (core) or coreid (extension); meta.xml was checked to give the index."""
-    assert index is not None
-    return row[index].strip() if index < len(row) else ""
+class _Picker:
+    """Takes the cells of some terms from a file's rows in one call (itemgetter), the row's id
+    first; short rows are padded. Cells stay raw until a column is built from them."""
+
+    def __init__(self, spec: FileSpec, names: Sequence[str]) -> None:
+        assert spec.id_index is not None  # checked with meta.xml
+        picks = [spec.id_index]
+        self.slots: dict[str, int | None] = {}
+        self.defaults = {name: spec.defaults.get(name) or None for name in names}
+        for name in names:
+            if name in spec.fields:
+                self.slots[name] = len(picks)
+                picks.append(spec.fields[name])
+            else:
+                self.slots[name] = None  # a field with only a default
+        self.width = len(picks)  # cells taken: the id, then one per indexed name
+        self._need = max(picks) + 1
+        self._get = itemgetter(*picks) if len(picks) > 1 else None
+        self._picks = picks
+
+    def take(self, row: list[str]) -> tuple[str, ...]:
+        if len(row) < self._need:
+            row = row + [""] * (self._need - len(row))
+        if self._get is None:
+            return (row[self._picks[0]],)
+        return self._get(row)  # type: ignore[no-any-return]
+
+    def slot(self, name: str) -> int | None:
+        return self.slots[name]
+
+    def column(self, rows: list[tuple[str | None, ...]], name: str) -> list[str | None]:
+        """`name`'s cells over `rows`, stripped; empty (or no cell) gives its default or None."""
+        slot, default = self.slots[name], self.defaults[name]
+        if slot is None:
+            return [default] * len(rows)
+        return [(row[slot].strip() or default) if row[slot] else default for row in rows]  # type: ignore[union-attr]
 
 
-def _is_image(media_type: str | None, media_format: str | None) -> bool:
+def _is_image(media_type: str, media_format: str) -> bool:
     """StillImage, or an image/* format; a row that says neither way is tried."""
-    kind = (media_type or "").strip().lower()
-    fmt = (media_format or "").strip().lower()
+    kind = media_type.strip().lower()
+    fmt = media_format.strip().lower()
     if kind in _STILL_IMAGE or fmt.startswith("image/"):
         return True
     return not kind and not fmt
