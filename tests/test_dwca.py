@@ -521,3 +521,26 @@ def test_quoted_csv_archive(tmp_path: Path) -> None:
     assert [(r["url"], r["title"], r["scientificName"]) for r in rows] == [
         ("http://x.test/a.jpg", "Title, with comma", "Rosa canina L., 1753")
     ]
+
+
+def test_deflate64_zip_says_to_unzip_it(server: ImageServer, tmp_path: Path) -> None:
+    """Python's zipfile cannot read Deflate64 (method 9), which GBIF uses for huge downloads."""
+    build_archive(tmp_path / "src", server, zipped=False)
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as out:
+        for name in ("meta.xml", "occurrence.txt", "multimedia.txt", "verbatim.txt"):
+            out.write(tmp_path / "src" / name, name)
+    data = bytearray(archive.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    while entry != -1:  # mark occurrence.txt as Deflate64 in the central directory
+        name_length = int.from_bytes(data[entry + 28 : entry + 30], "little")
+        if data[entry + 46 : entry + 46 + name_length] == b"occurrence.txt":
+            data[entry + 10 : entry + 12] = (9).to_bytes(2, "little")
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    archive.write_bytes(bytes(data))
+    done = run_cli("download", "--input", str(archive), "--output", str(tmp_path / "o"),
+                   "--label", "species")  # fmt: skip
+    last = done.stderr.strip().splitlines()[-1]  # after "planning ..."
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith("flowdc: error: ") and "occurrence.txt" in last
+    assert "unzip the archive" in last

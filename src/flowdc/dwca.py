@@ -274,9 +274,15 @@ class DwcArchive:
 
     # -- reading ------------------------------------------------------------------------------
     def _open(self, spec: FileSpec) -> IO[bytes]:
-        if self._zip is not None:
+        if self._zip is None:
+            return open(self.path / spec.location, "rb")
+        try:
             return self._zip.open(self._prefix + spec.location)
-        return open(self.path / spec.location, "rb")
+        except NotImplementedError as exc:  # GBIF zips its largest downloads with Deflate64
+            raise FlowDCError(
+                f"{self.path}: {spec.location} is compressed in a way Python cannot read ({exc}); "
+                f"unzip the archive (unzip or 7-Zip) and give its folder as --input"
+            ) from None
 
     def rows(self, spec: FileSpec) -> Iterator[list[str]]:
         """The file's data rows as lists of cells; blank lines are skipped.
