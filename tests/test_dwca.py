@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -368,6 +369,14 @@ def test_archive_download_labels_and_statuses(archive_run: dict[str, Any]) -> No
     labels = json.loads((archive_run["output"] / "labels.json").read_text(encoding="utf-8"))
     assert [entry["label"] for entry in labels] == ["Quercus robur", "Rosa canina"]
     assert all("license" in row and "creator" in row for row in rows)  # travel to the results
+    first = next(row for row in rows if row["url"] and row["url"].endswith("/img/0.jpg"))
+    with tarfile.open(archive_run["output"] / "00000.tar") as tar:
+        member = tar.extractfile(f"{first['key']}.json")
+        assert member is not None
+        sample = json.loads(member.read())
+    assert sample["license"] == "http://creativecommons.org/licenses/by/4.0/"
+    assert sample["creator"] == "Ann Photo" and sample["label"] == "Rosa canina"
+    assert sample["gbifID"] == "1" and sample["family"] == "Rosaceae"
 
 
 def test_attribution_table_lists_every_stored_image(archive_run: dict[str, Any]) -> None:
