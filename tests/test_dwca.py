@@ -553,3 +553,8 @@ def test_deflate64_zip_says_to_unzip_it(server: ImageServer, tmp_path: Path) -> 
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert last.startswith("flowdc: error: ") and "occurrence.txt" in last
     assert "unzip the archive" in last
+
+
+def test_flowdc_validate_accepts_the_archive_output(archive_run: dict[str, Any]) -> None:
+    done = run_cli("validate", str(archive_run["output"]))
+    assert done.returncode == 0, done.stdout + done.stderr
