@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -558,3 +560,52 @@ def test_deflate64_zip_says_to_unzip_it(server: ImageServer, tmp_path: Path) -> 
 def test_flowdc_validate_accepts_the_archive_output(archive_run: dict[str, Any]) -> None:
     done = run_cli("validate", str(archive_run["output"]))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _big_archive(path: Path, media_rows: int) -> Path:
+    """meta.xml, a 30-column core of media_rows / 2 occurrences, two images each (shuffled)."""
+    terms = ["gbifID", "species", "family", "license", *(f"t{i}" for i in range(26))]
+    fields = "".join(
+        f'<field index="{i}" term="http://rs.tdwg.org/dwc/terms/{t}"/>' for i, t in enumerate(terms)
+    )
+    meta = META.split("<core")[0] + (
+        '<core fieldsTerminatedBy="\\t" ignoreHeaderLines="1" rowType="x"><files><location>'
+        f'occurrence.txt</location></files><id index="0"/>{fields}</core>'
+        '<extension fieldsTerminatedBy="\\t" ignoreHeaderLines="1" '
+        'rowType="http://rs.gbif.org/terms/1.0/Multimedia"><files><location>multimedia.txt'
+        '</location></files><coreid index="0"/>'
+        f'<field index="1" term="{DC}identifier"/><field index="2" term="{DC}license"/>'
+        "</extension></archive>"
+    )
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("meta.xml", meta)
+        filler = "\t" * 26
+        archive.writestr(
+            "occurrence.txt",
+            "h\n"
+            + "".join(
+                f"{n}\tSpecies {n % 99}\tFam\tCC_BY_4_0{filler}\n" for n in range(media_rows // 2)
+            ),
+        )
+        order = random.Random(1).sample(range(media_rows), media_rows)
+        archive.writestr(
+            "multimedia.txt",
+            "h\n" + "".join(f"{m // 2}\thttps://img.test/{m}.jpg\t\n" for m in order),
+        )
+    return path
+
+
+def test_reading_an_archive_holds_one_batch_not_the_archive(tmp_path: Path) -> None:
+    """Python memory while streaming 60,000 images is that of 20,000: one batch at a time."""
+    peaks = {}
+    for rows in (1_000, 20_000, 60_000):  # the first warms up (pyarrow imports pandas once)
+        table = InputTable(_big_archive(tmp_path / f"{rows}.zip", rows), wanted=["species"])
+        tracemalloc.start()
+        seen = labelled = 0
+        for batch in table.batches():
+            seen += batch.num_rows
+            labelled += batch.num_rows - batch.column("species").null_count
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert seen == labelled == rows
+    assert peaks[60_000] < 1.3 * peaks[20_000], peaks

@@ -104,7 +104,6 @@ def _unescape(value: str) -> str:
 class FileSpec:
     """One data file of the archive as meta.xml describes it."""
 
-    row_type: str
     location: str
     delimiter: str
     line_end: str
@@ -133,7 +132,6 @@ def _file_spec(element: object, kind: str, where: str) -> FileSpec:
     id_element = children.get("id" if kind == "core" else "coreid")
     id_index = id_element.attrib.get("index") if id_element is not None else None
     spec = FileSpec(
-        row_type=attrib.get("rowType", ""),
         location=location,
         delimiter=_unescape(attrib.get("fieldsTerminatedBy", ",")) or ",",
         line_end=_unescape(attrib.get("linesTerminatedBy", "\n")) or "\n",
