@@ -59,6 +59,7 @@ _GROUPS = {
         "verify_hash",
         "dedupe",
     ),
+    "licences and attribution": ("license_col", "license_filter"),
     "machine use": ("processes", "progress"),
     "distributed": (
         "engine",

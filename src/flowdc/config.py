@@ -25,7 +25,7 @@ from pydantic import (
 from flowdc import __version__
 from flowdc.errors import FlowDCError
 
-InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls"]
+InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
 OutputFormat = Literal["webdataset", "imagefolder"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm"]
@@ -51,7 +51,8 @@ class DownloadConfig(BaseModel):
     # input and output
     input: str = Field(
         description="URL table to read (parquet, csv, tsv, txt, json, jsonl, xml, "
-        "xlsx, xls; .gz for text formats); a path or a URL such as s3://bucket/list.parquet."
+        "xlsx, xls; .gz for text formats), or a Darwin Core Archive (a GBIF download .zip or its "
+        "folder); a path or a URL such as s3://bucket/list.parquet."
     )
     input_format: InputFormat | None = Field(
         None, description="Format of the input; default: taken from the file extension."
@@ -208,6 +209,19 @@ class DownloadConfig(BaseModel):
         description="Input column holding each image's expected sha256 (hex); a row whose "
         "download differs gets status hash_mismatch. Rows with no value are not checked.",
     )
+    license_col: str | None = Field(
+        None,
+        description="Input column holding each image's licence, for attribution.csv, the "
+        "licence summary and --license_filter; default: the column license when the input "
+        "has one (a Darwin Core Archive does).",
+    )
+    license_filter: str | None = Field(
+        None,
+        description="Download only rows whose licence is in this list, such as CC0,CC-BY "
+        "(names like CC-BY-NC-4.0 or licence URLs, any case; no version means any version; "
+        "CC-BY does not match CC-BY-NC). Other rows and rows with no licence get status "
+        "license_filtered.",
+    )
     dedupe: bool = Field(
         False,
         description="Store each distinct image (same sha256) once per output; later copies get "
@@ -284,11 +298,23 @@ class DownloadConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
-    @field_validator("label", "verify_hash")
+    @field_validator("label", "verify_hash", "license_col")
     @classmethod
     def _label_not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be empty (omit it for no label)")
+        return value
+
+    @field_validator("license_filter")
+    @classmethod
+    def _known_licenses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from flowdc.licenses import LicenseFilter, split_filter
+
+            try:
+                LicenseFilter(split_filter(value))
+            except FlowDCError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("slurm_options", "storage_options", mode="before")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from flowdc.dwca import DwcArchive, is_archive
 from flowdc.errors import FlowDCError
 
 BATCH_ROWS = 65_536
@@ -39,6 +40,7 @@ _EXTENSIONS = {
     ".xlsx": "xlsx",
     ".xlsm": "xlsx",
     ".xls": "xls",
+    ".zip": "dwca",
 }
 _TEXT_FORMATS = {"csv", "tsv", "txt", "json", "jsonl", "xml"}
 
@@ -96,17 +98,33 @@ def cell_to_text(value: Any) -> str | None:
 class InputTable:
     """One input file: its column names and a stream of record batches."""
 
-    def __init__(self, path: str | Path, input_format: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, input_format: str | None = None, wanted: Iterable[str | None] = ()
+    ) -> None:
+        """`wanted`: columns a reader that picks its columns (a Darwin Core Archive) must keep,
+        such as the --label term."""
         self.path = Path(path)
+        self.notes: list[str] = []  # one-line notices about what was read, for the run's log
+        self._columns: list[str] | None = None
+        self.archive: DwcArchive | None = None
         if not self.path.exists():
             raise FlowDCError(f"input file not found: {self.path}; check the --input path")
+        if input_format == "dwca" or (input_format is None and is_archive(self.path)):
+            self.format, self.gzipped = "dwca", False
+            self.archive = DwcArchive(self.path, [name for name in wanted if name])
+            self.notes = self.archive.notes
+            return
         if self.path.is_dir():
-            raise FlowDCError(f"input {self.path} is a folder; give a file")
+            raise FlowDCError(
+                f"input {self.path} is a folder; give a file, or a Darwin Core Archive folder "
+                f"(one with a meta.xml)"
+            )
         self.format, self.gzipped = detect_format(self.path, input_format)
-        self._columns: list[str] | None = None
 
     # -- public -------------------------------------------------------------------------------
     def column_names(self) -> list[str]:
+        if self.archive is not None:
+            return self.archive.column_names()
         if self._columns is None:
             self._columns = self._read_columns()
             dupes = sorted({c for c in self._columns if self._columns.count(c) > 1})
@@ -119,6 +137,9 @@ class InputTable:
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Yield record batches of at most BATCH_ROWS rows with every column of the file."""
         with self._read_errors():
+            if self.archive is not None:
+                yield from self.archive.batches()
+                return
             if self.format == "parquet":
                 yield from self._parquet_batches()
             elif self.format in ("csv", "tsv") or (self.format == "txt" and self._txt_delimiter()):

@@ -22,6 +22,7 @@ from flowdc.config import DownloadConfig
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.labels import folder_names
+from flowdc.licenses import license_column
 from flowdc.storage import TEMP_MARK, atomic_write_text, temp_name
 
 PLAN_TABLE = ".flowdc-plan.parquet"
@@ -123,6 +124,11 @@ class Plan:
 
 def fingerprint(path: Path) -> str:
     """Size plus hashes of the first and last MiB: cheap, and changes when the list changes."""
+    if path.is_dir():  # a Darwin Core Archive folder: its files' names and fingerprints
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}:{fingerprint(file)}".encode())
+        return digest.hexdigest()
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as handle:
@@ -196,6 +202,7 @@ def check_columns(config: DownloadConfig, table: InputTable) -> None:
             f"column {which} not found in {table.path}; it has: {', '.join(names) or '(none)'}; "
             f"set --url / --label / --verify_hash to the right column names"
         )
+    license_column(config, names, table.path)  # --license_col / --license_filter need one
     if config.output_format == "imagefolder" and config.label is None:
         raise FlowDCError(
             "imagefolder needs a label column to name its folders; give --label COLUMN or use "

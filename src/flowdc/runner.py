@@ -18,6 +18,7 @@ from flowdc.engines.local import Progress, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.interactive import in_notebook, tqdm_class
+from flowdc.metadata.attribution import ATTRIBUTION_FILE
 from flowdc.metadata.finish import finish_metadata
 from flowdc.metadata.overview import (
     OVERVIEW_FILE,
@@ -130,7 +131,9 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
         )
     with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
         local_input = stage_input(config.input, config.storage_options, Path(staging))
-        table = InputTable(local_input, config.input_format)
+        table = InputTable(
+            local_input, config.input_format, wanted=(config.label, config.verify_hash)
+        )
         check_columns(config, table)
         if is_remote(config.output):
             return _run_remote(config, table, Path(staging), echo)
@@ -151,6 +154,8 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
                 echo(f"planning {config.input} ...")
                 plan = make_plan(config, table, source=_source(config))
                 echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
+                for note in table.notes:
+                    echo(note)
             return _run_plan(plan, config, echo)
 
 
@@ -174,6 +179,8 @@ def _run_remote(config: DownloadConfig, table: InputTable, staging: Path, echo: 
         plan = make_plan(config.model_copy(update={"output": str(local)}), table, _source(config))
         remote.push_plan(store, local)
         echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
+        for note in table.notes:
+            echo(note)
     if RUNS_FILE in names:
         store.download(RUNS_FILE, local / RUNS_FILE)
     remote.pull_committed(store, local, with_results=False)
@@ -248,7 +255,9 @@ def _run_plan(
         write_labels_file(plan, overview["class_counts"])
     finish_metadata(plan, config, overview, echo)
     if store is not None:
-        remote.push_files(store, output, (OVERVIEW_FILE, "report.html", "croissant.json"))
+        remote.push_files(
+            store, output, (OVERVIEW_FILE, "report.html", "croissant.json", ATTRIBUTION_FILE)
+        )
     return RunSummary(
         output=str(output),
         total_rows=plan.total_rows,

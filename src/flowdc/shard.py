@@ -33,10 +33,11 @@ from flowdc.config import DownloadConfig
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
 from flowdc.fetch.scheduler import LIMITER_COUNTS, Batch
 from flowdc.images import ImageRejected
+from flowdc.licenses import row_filter
 from flowdc.plan import Plan, normalize_label
 from flowdc.processing import Duplicate, ImageProcessor
 from flowdc.retry import retry_rows
-from flowdc.status import MISSING_LABEL, SUCCESS
+from flowdc.status import LICENSE_FILTERED, MISSING_LABEL, SUCCESS
 from flowdc.storage import atomic_write_text, temp_name
 from flowdc.writers import SampleWriter, recover_shard
 from flowdc.writers.imagefolder import FolderShardWriter, drop_journal
@@ -188,6 +189,7 @@ class _ShardRun:
         )
         self.processor = ImageProcessor(config, self.output, shard, self.needs_label)
         self.write_thread = ThreadPoolExecutor(1, thread_name_prefix=f"flowdc-write-{shard}")
+        self.license_filter = row_filter(plan, config)
         self.verify_column = next(
             (name for name, source in plan.extra_columns.items() if source == config.verify_hash),
             None,
@@ -202,6 +204,12 @@ class _ShardRun:
                     missing = "no label: nothing names its folder"
                     await self.process(row, FetchResult(status=MISSING_LABEL, error=missing))
                     continue
+                if self.license_filter is not None:
+                    column, allowed = self.license_filter
+                    if not allowed.allows(row.get(column)):
+                        refused = f"license {row.get(column) or '(none)'} not in --license_filter"
+                        await self.process(row, FetchResult(status=LICENSE_FILTERED, error=refused))
+                        continue
                 answered = self.fetcher.submit(row["url"], partial(self.process, row), self.batch)
                 if answered is not None:
                     await self.process(row, answered)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from flowdc import __version__
 from flowdc.config import DownloadConfig
+from flowdc.licenses import NO_LICENSE
 from flowdc.metadata.tables import committed_shards, read_results
 from flowdc.plan import Plan
 from flowdc.shard import results_path
@@ -122,6 +123,20 @@ def _license(value: str | None) -> str:
     if "://" in value or " " in value.strip():
         return value
     return f"https://spdx.org/licenses/{quote(value.strip())}.html"  # an SPDX id
+
+
+def _licenses(config: DownloadConfig, overview: dict[str, Any]) -> str | list[str]:
+    """--dataset_license, and the licences of the stored images when the input names them."""
+    summary = overview.get("licenses") or {}
+    stored = [
+        licence
+        for licence, counts in (summary.get("counts") or {}).items()
+        if counts["images"] and licence != NO_LICENSE
+    ]
+    if not stored:
+        return _license(config.dataset_license)
+    given = [_license(config.dataset_license)] if config.dataset_license else []
+    return list(dict.fromkeys(given + stored))
 
 
 def _data_type(kind: pa.DataType) -> str:
@@ -419,7 +434,7 @@ def build_croissant(
         "conformsTo": CONFORMS_TO,
         "name": name,
         "description": description,
-        "license": _license(config.dataset_license),
+        "license": _licenses(config, overview),
         "url": url,
         "creator": {"@type": "sc:Person", "name": creator},
         "datePublished": published,
@@ -478,9 +493,10 @@ def check_croissant(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def croissant_warnings(config: DownloadConfig) -> list[str]:
+def croissant_warnings(config: DownloadConfig, image_licenses: bool = False) -> list[str]:
+    """What the user should add; no licence warning when the images' licences are stated."""
     warnings = []
-    if not config.dataset_license:
+    if not config.dataset_license and not image_licenses:
         warnings.append(
             "warning: no --dataset_license; croissant.json says the license is not stated"
         )
@@ -498,9 +514,9 @@ def write_croissant(
     level = config.croissant_level()
     if level == "no_croissant":
         return None
-    for message in croissant_warnings(config):
-        warn(message)
     doc = build_croissant(plan, config, overview, level)
+    for message in croissant_warnings(config, isinstance(doc["license"], list)):
+        warn(message)
     for problem in check_croissant(doc):
         warn(f"warning: {problem}")
     path = Path(plan.output) / CROISSANT_FILE

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowdc.config import DownloadConfig
+from flowdc.metadata.attribution import ATTRIBUTION_FILE, write_attribution
 from flowdc.metadata.croissant import write_croissant
 from flowdc.metadata.report import write_report
 from flowdc.plan import Plan
@@ -14,11 +15,15 @@ from flowdc.plan import Plan
 def finish_metadata(
     plan: Plan, config: DownloadConfig, overview: dict[str, Any], echo: Callable[[str], None]
 ) -> None:
-    """Write the Croissant metadata (at the configured level) and the HTML report.
+    """Write attribution.csv, the Croissant metadata (at the configured level) and the report.
 
     A failure here (a full disk) is a warning: the shards are committed and a rerun or
     `flowdc report` writes these files again.
     """
+    try:
+        write_attribution(plan, config)
+    except OSError as exc:
+        echo(f"warning: could not write {ATTRIBUTION_FILE}: {exc.strerror or exc}")
     try:
         write_croissant(plan, config, overview, echo)
     except OSError as exc:

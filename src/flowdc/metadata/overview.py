@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.fetch.scheduler import LIMITER_COUNTS
+from flowdc.metadata.attribution import license_summary
 from flowdc.metadata.tables import read_stats
 from flowdc.plan import Plan
 from flowdc.remote import is_remote
@@ -215,6 +216,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
         "per_host": per_host,
         "hosts_down": _hosts_down(per_host),
+        "licenses": license_summary(plan, config),
         "shards": {
             "total": plan.shard_count,
             "committed": committed,

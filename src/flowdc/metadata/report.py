@@ -38,6 +38,7 @@ SECTIONS = (
     ("failures", "Failure reasons"),
     ("hosts", "Hosts"),
     ("classes", "Class distribution"),
+    ("licenses", "Licences and attribution"),
     ("sizes", "Image sizes"),
     ("resolution", "Image resolution"),
     ("samples", "Sample images"),
@@ -251,6 +252,20 @@ def _hosts_down(down: dict[str, dict[str, int]]) -> str:
     )
 
 
+def _licenses(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return '<p class="empty">the input has no licence column (see --license_col)</p>'
+    counts = summary["counts"].items()
+    rows = [[c["name"], licence, c["rows"], c["images"]] for licence, c in counts]
+    chosen = summary.get("filter")
+    return (
+        f"<p>Licences of the column '{escape(summary['column'])}'"
+        + (f"; --license_filter kept {escape(', '.join(chosen))}" if chosen else "")
+        + ". attribution.csv credits each stored image: licence, rights holder, creator and "
+        "source record.</p>" + _table(["licence", "canonical form", "rows", "images"], rows)
+    )
+
+
 def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, str]:
     rate = summary["success_rate_percent"]
     shards = overview["shards"]
@@ -377,6 +392,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         + ".</p>",
         svg.bar_list(top, "ok") if top else '<p class="empty">no labels</p>',
     )
+    section("licenses", _licenses(overview.get("licenses")))
     ok = table.filter(pc.equal(table.column("status"), SUCCESS))
     sizes = (
         [b / 1024 for b in ok.column("bytes").to_pylist() if b]
