@@ -907,6 +907,50 @@ def test_rerun_overwrite_and_foreign_output(fresh_server: ImageServer, tmp_path:
         assert sorted(str(p.relative_to(foreign)) for p in foreign.rglob("*")) == names
 
 
+@pytest.mark.parametrize("output_format", ["webdataset", "imagefolder"])
+def test_overwrite_deletes_only_what_flowdc_made(
+    fresh_server: ImageServer, tmp_path: Path, output_format: str
+) -> None:
+    """A user's files put beside (or inside a class folder of) a dataset survive --overwrite;
+    every file the old run made is gone or rewritten."""
+    server = fresh_server
+    rows = [{"url": server.url(f"img/{i}.jpg"), "label": f"c{i % 2}"} for i in range(12)]
+    input_path = write_csv(tmp_path / "in.csv", rows)
+    output = tmp_path / "out"
+    options = ("--label", "label", "--shard_size", "5", "--output_format", output_format)
+    assert_ok(download(input_path, output, *options))
+    (output / "notes.txt").write_text("my notes")
+    (output / "analysis").mkdir()
+    (output / "analysis" / "plot.png").write_bytes(b"png")
+    (output / "00001-mine.tar").write_bytes(b"mine")  # a name close to a shard's
+    class_folder = next((p for p in output.iterdir() if p.is_dir() and p.name != "analysis"), None)
+    if output_format == "imagefolder":
+        assert class_folder is not None
+        (class_folder / "README.md").write_text("about this class")
+    made_before = {p.name for p in output.iterdir()} - {"notes.txt", "analysis", "00001-mine.tar"}
+
+    fewer = write_csv(tmp_path / "fewer.csv", rows[:4])
+    done = download(fewer, output, *options, "--overwrite")
+    assert_ok(done)
+    assert "--overwrite kept" in done.stderr + done.stdout
+    assert (output / "notes.txt").read_text() == "my notes"
+    assert (output / "analysis" / "plot.png").read_bytes() == b"png"
+    assert (output / "00001-mine.tar").read_bytes() == b"mine"
+    assert not (output / "00001.tar").exists() and not (output / "00002.parquet").exists()
+    results = read_results(output)
+    assert len(results) == 4
+    if output_format == "imagefolder":
+        assert (class_folder / "README.md").read_text() == "about this class"
+        images = [p for p in output.rglob("*.jpg")]
+        assert len(images) == 4  # the old run's 12 are gone
+    else:
+        assert len(load_webdataset(output)) == 4
+    assert made_before - {p.name for p in output.iterdir()} <= {
+        "00001.tar", "00001.parquet", "00001_stats.json", "00002.tar",
+        "00002.parquet", "00002_stats.json", "c0", "c1",
+    }  # fmt: skip
+
+
 # -- bad configuration --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("case", "needle"),

@@ -141,7 +141,13 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
         check_output(output)
         with OutputLock(output):
             if config.overwrite:
-                clear_output(output, table.path)
+                kept = clear_output(output, table.path)
+                if kept:
+                    echo(
+                        f"--overwrite kept {len(kept)} file(s) FLOW-DC did not make: "
+                        + ", ".join(kept[:5])
+                        + (", ..." if len(kept) > 5 else "")
+                    )
             plan = Plan.load(output)
             if plan is None and config.retry_failed:
                 raise FlowDCError(

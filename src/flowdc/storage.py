@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import uuid
 from pathlib import Path
 
@@ -62,18 +62,64 @@ def _entries(output: Path) -> list[Path]:
     return [entry for entry in output.iterdir() if entry.name != LOCK_FILE]
 
 
-def clear_output(output: Path, input_path: Path) -> None:
-    """Delete a FLOW-DC output's contents (for --overwrite); never an input inside it."""
+def clear_output(output: Path, input_path: Path) -> list[str]:
+    """Delete what FLOW-DC made in an output (for --overwrite); never an input inside it, and
+    never a file it did not make (a user's notes beside the dataset): those are kept, and their
+    names returned so the caller can say so."""
+    from flowdc.plan import Plan
+
     if output.resolve() in input_path.resolve().parents:
         raise FlowDCError(
             f"the input {input_path} lies inside the output {output}; --overwrite would delete "
             f"it. Move the input or pick another --output"
         )
+    plan = Plan.load(output)
+    folders = set((plan.label_folders or {}).values()) if plan is not None else set()
+    kept: list[str] = []
     for entry in _entries(output):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
+        if entry.is_dir() and not entry.is_symlink() and entry.name in folders:
+            kept += [f"{entry.name}/{name}" for name in _clear_class_folder(entry)]
+        elif entry.is_file() and _made_by_flowdc(entry.name):
             entry.unlink()
+        else:
+            kept.append(entry.name)
+    return kept
+
+
+def _made_by_flowdc(name: str) -> bool:
+    """A run-level or shard file FLOW-DC writes (or its temporary name)."""
+    from flowdc.metadata.attribution import ATTRIBUTION_FILE
+    from flowdc.metadata.croissant import CROISSANT_FILE
+    from flowdc.metadata.overview import OVERVIEW_FILE, RUNS_FILE
+    from flowdc.metadata.report import REPORT_FILE
+    from flowdc.plan import LABELS_FILE, PLAN_META, PLAN_TABLE
+    from flowdc.processing import DEDUPE_FILE
+
+    fixed = {
+        ATTRIBUTION_FILE, CROISSANT_FILE, OVERVIEW_FILE, RUNS_FILE, REPORT_FILE, LABELS_FILE,
+        PLAN_META, PLAN_TABLE, DEDUPE_FILE, f"{DEDUPE_FILE}-journal", f"{DEDUPE_FILE}-wal",
+        f"{DEDUPE_FILE}-shm",
+    }  # fmt: skip
+    base = name.split(TEMP_MARK)[0].lstrip(".") if TEMP_MARK in name else name
+    return name in fixed or f".{base}" in fixed or base in fixed or bool(_SHARD_FILE.match(base))
+
+
+_SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.parquet|_stats\.json|\.journal)$")
+_SAMPLE_FILE = re.compile(r"^\.?\d{5,}\.[A-Za-z0-9]{1,5}(\.tmp-.*)?$")
+
+
+def _clear_class_folder(folder: Path) -> list[str]:
+    """Remove the images FLOW-DC wrote (named by key) from a class folder, and the folder once
+    empty; returns the names of what it kept."""
+    kept = []
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink() and _SAMPLE_FILE.match(entry.name):
+            entry.unlink()
+        else:
+            kept.append(entry.name)
+    if not kept:
+        folder.rmdir()
+    return kept
 
 
 class OutputLock:
