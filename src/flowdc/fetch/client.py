@@ -239,7 +239,7 @@ class Fetcher:
         try:
             result = await self._attempt(job.url)
         except _Failure as failure:
-            self._learn(host, figures, sent_at, failure.latency, failure)
+            self._learn(job, host, figures, sent_at, failure.latency, failure)
             if (
                 failure.http_status == 429
                 and host.rate.last_cut > sent_at
@@ -261,7 +261,7 @@ class Fetcher:
                 latency=failure.latency,
             )
         else:
-            self._learn(host, figures, sent_at, result.latency, None)
+            self._learn(job, host, figures, sent_at, result.latency, None)
             figures.successes += 1
         result.attempts = job.attempts
         result.elapsed_seconds = clock() - job.first_sent
@@ -284,27 +284,38 @@ class Fetcher:
 
     def _learn(
         self,
+        job: Job,
         host: Host,
         figures: HostFigures,
         sent_at: float,
         latency: float | None,
         failure: _Failure | None,
     ) -> None:
-        """What this answer says of the host's capacity."""
+        """What this answer says of the host's capacity and health.
+
+        A timeout or a dropped connection while the host answered other requests is this URL's
+        own trouble (a stalled body, a dead backend path), not a sign the host is overloaded or
+        down; so are its retries' failures. Only the others cut the host's limits and count
+        towards its breaker."""
         now = self.scheduler.clock()
         if latency is not None:
+            host.last_answer_at = max(host.last_answer_at, sent_at + latency)
             figures.latency_sum += latency
             host.concurrency.on_answer(latency, sent_at, now, host.in_flight)
-        if failure is None or latency is not None or failure.http_status is not None:
+        no_answer = failure is not None and (failure.timed_out or failure.unreachable)
+        if no_answer and (job.fails_alone or host.last_answer_at > sent_at):
+            job.fails_alone = True
+        host_trouble = no_answer and not job.fails_alone
+        if not no_answer:
             host.breaker.on_answer()
-        elif (failure.timed_out or failure.unreachable) and host.breaker.on_failure(
+        elif host_trouble and host.breaker.on_failure(
             sent_at, now, failure.message, at_once=failure.unresolved
         ):
             figures.marked_down += 1
             self.scheduler.review(host)  # its queued jobs fail now, not after their waits
         if failure is None:
             host.rate.on_success()
-        elif failure.timed_out:
+        elif failure.timed_out and host_trouble:
             host.rate.on_throttle(sent_at, now)
             host.concurrency.on_timeout(sent_at, now)
         elif failure.http_status in THROTTLE_STATUS:

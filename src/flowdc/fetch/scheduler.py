@@ -113,6 +113,8 @@ class Job:
     attempts: int = 0
     excused: int = 0
     """Throttled attempts not counted against the retry budget (see Fetcher._run_attempt)."""
+    fails_alone: bool = False
+    """It timed out or lost its connection while its host answered others (Fetcher._learn)."""
     first_sent: float | None = None
     ready_at: float = 0.0
 
@@ -126,6 +128,8 @@ class Host:
     fresh: deque[Job] = field(default_factory=deque)
     retries: list[tuple[float, int, Job]] = field(default_factory=list)
     in_flight: int = 0
+    last_answer_at: float = -math.inf
+    """When response headers last arrived from the host."""
     blocked_until: float = -math.inf
     queued: bool = False
     timer: asyncio.TimerHandle | None = None
