@@ -209,7 +209,7 @@ def _run_plan(
     interrupted = False
     try:
         if config.engine == "local":
-            outcome = run_local(plan, config, pending, bar.update, results.append)
+            outcome = run_local(plan, config, rows_to_run, bar.update, results.append)
         else:
             from flowdc.engines.dask import run_dask
 

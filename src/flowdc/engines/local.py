@@ -1,8 +1,10 @@
 """The local engine: worker processes on this machine, each with its own event loop.
 
 Each worker takes shard numbers from a shared queue and runs up to SHARDS_PER_WORKER shards at
-once on one HTTP session, so the slow tail of one shard never leaves the process idle. Workers
-report progress and finished shards on a result queue; they exit when their parent dies.
+once on one HTTP session, so the slow tail of one shard never leaves the process idle: it takes a
+second shard only when fewer rows than its request slots are left in the first (taking two at
+once let the first worker to start take both shards of a two-shard run, leaving the other idle).
+Workers report progress and finished shards on a result queue; they exit when their parent dies.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from flowdc.shard import ShardResult
 
 SHARDS_PER_WORKER = 2
 PROGRESS_INTERVAL = 0.25
+TAIL_CHECK_SECONDS = 0.1
+"""How often a worker looks whether its shard's tail has begun (time to take the next one)."""
 
 
 @dataclass
@@ -95,10 +99,15 @@ async def _worker_loop(
         config, concurrency=max(1, config.concurrent_downloads // processes), processes=processes
     )
     delta = [0, 0, 0]  # successes, failures, bytes since the last report
+    unfinished: dict[int, int] = {}  # rows of each running shard still without a result
 
-    def on_progress(success: bool, size: int) -> None:
-        delta[0 if success else 1] += 1
-        delta[2] += size
+    def progress_of(shard: int) -> Callable[[bool, int], None]:
+        def on_progress(success: bool, size: int) -> None:
+            delta[0 if success else 1] += 1
+            delta[2] += size
+            unfinished[shard] -= 1
+
+        return on_progress
 
     async def report() -> None:
         while True:
@@ -110,30 +119,44 @@ async def _worker_loop(
     async def run_one(shard: int) -> None:
         try:
             result = await run_shard_to(
-                config.output, storage_options, plan, shard, config, fetcher, on_progress
+                config.output, storage_options, plan, shard, config, fetcher, progress_of(shard)
             )
         except Exception as exc:
             events.put(("error", shard, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
             return
+        finally:
+            del unfinished[shard]
         if any(delta):
             events.put(("progress", delta[0], delta[1], delta[2]))
             delta[:] = [0, 0, 0]
         events.put(("done", shard, result))
+
+    def wants_shard() -> bool:
+        """A first shard, or a second once the running one's tail leaves request slots idle."""
+        if not running:
+            return True
+        return len(running) < SHARDS_PER_WORKER and sum(unfinished.values()) < fetcher.concurrency
 
     reporter = asyncio.create_task(report())
     running: set[asyncio.Task[None]] = set()
     exhausted = False
     try:
         while True:
-            while not exhausted and len(running) < SHARDS_PER_WORKER:
-                shard = await loop.run_in_executor(None, tasks.get)
-                if shard is None:
+            while not exhausted and wants_shard():
+                task = await loop.run_in_executor(None, tasks.get)
+                if task is None:
                     exhausted = True
                     break
+                shard, rows = task
+                unfinished[shard] = rows
                 running.add(asyncio.create_task(run_one(shard)))
             if not running:
                 break
-            _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            _, running = await asyncio.wait(
+                running,
+                timeout=None if exhausted else TAIL_CHECK_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
     finally:
         reporter.cancel()
         await fetcher.close()
@@ -142,11 +165,12 @@ async def _worker_loop(
 def run_local(
     plan: Plan,
     config: DownloadConfig,
-    shards: list[int],
+    shards: dict[int, int],
     on_progress: Callable[[Progress], None],
     on_shard: Callable[[ShardResult], None],
 ) -> EngineOutcome:
-    """Run `shards` in worker processes; return their results and any shard errors."""
+    """Run `shards` (shard -> rows it will fetch) in worker processes; return their results and
+    any shard errors."""
     outcome = EngineOutcome()
     if not shards:
         return outcome
@@ -154,8 +178,8 @@ def run_local(
     context = mp.get_context("spawn")
     tasks: mp.Queue = context.Queue()
     events: mp.Queue = context.Queue()
-    for shard in shards:
-        tasks.put(shard)
+    for shard in sorted(shards):
+        tasks.put((shard, shards[shard]))
     for _ in range(processes):
         tasks.put(None)
     config_data = config.model_dump()
