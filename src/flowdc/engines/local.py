@@ -10,6 +10,7 @@ Workers report progress and finished shards on a result queue; they exit when th
 from __future__ import annotations
 
 import asyncio
+import importlib
 import multiprocessing as mp
 import os
 import queue
@@ -84,28 +85,34 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _worker_main(
     config_data: dict[str, Any],
-    output: str,
-    processes: int,
     tasks: mp.Queue,
     events: mp.Queue,
     parent_pid: int,
     storage_options: dict[str, Any] | None,
 ) -> None:
-    """Entry point of a worker process; `processes` is how many share the machine's limits."""
+    """Entry point of a worker process. It imports what it needs, then waits for its first task
+    (shard, rows, processes sharing the machine's limits, the plan's folder)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
     _without_pandas()
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     _install_event_loop_policy()
+    importlib.import_module("flowdc.remote")  # the shard's modules, while the parent plans
+
     config = DownloadConfig(**config_data)
+    first = tasks.get()
+    if first is None:
+        return
+    processes, output = first[2], first[3]
     plan = Plan.load(output)
     assert plan is not None
-    asyncio.run(_worker_loop(config, plan, processes, tasks, events, storage_options))
+    asyncio.run(_worker_loop(config, plan, processes, first, tasks, events, storage_options))
 
 
 async def _worker_loop(
     config: DownloadConfig,
     plan: Plan,
     processes: int,
+    first: tuple[int, int, int, str],
     tasks: mp.Queue,
     events: mp.Queue,
     storage_options: dict[str, Any] | None,
@@ -117,6 +124,7 @@ async def _worker_loop(
     fetcher = Fetcher(
         config, concurrency=max(1, config.concurrent_downloads // processes), processes=processes
     )
+    waiting: tuple[int, int, int, str] | None = first
     delta = [0, 0, 0]  # successes, failures, bytes since the last report
     unfinished: dict[int, int] = {}  # rows of each running shard still without a result
 
@@ -162,11 +170,11 @@ async def _worker_loop(
     try:
         while True:
             while not exhausted and wants_shard():
-                task = await loop.run_in_executor(None, tasks.get)
+                task, waiting = waiting or await loop.run_in_executor(None, tasks.get), None
                 if task is None:
                     exhausted = True
                     break
-                shard, rows = task
+                shard, rows = task[0], task[1]
                 unfinished[shard] = rows
                 running.add(asyncio.create_task(run_one(shard)))
             if not running:
@@ -181,46 +189,69 @@ async def _worker_loop(
         await fetcher.close()
 
 
+class WorkerPool:
+    """The worker processes, started before the plan is made when the runner knows how many
+    shards there will be: a worker's imports take about a second of CPU, and they overlap the
+    planning. Each waits for its first task."""
+
+    def __init__(self, config: DownloadConfig, count: int) -> None:
+        self.count = max(1, count)
+        context = mp.get_context("spawn")
+        self.tasks: mp.Queue = context.Queue()
+        self.events: mp.Queue = context.Queue()
+        self.workers = [
+            context.Process(
+                target=_worker_main,
+                args=(
+                    config.model_dump(),
+                    self.tasks,
+                    self.events,
+                    os.getpid(),
+                    config.storage_options,
+                ),
+                name=f"flowdc-worker-{index}",
+                daemon=True,
+            )
+            for index in range(self.count)
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self, grace: float = 0) -> None:
+        """Wait up to `grace` seconds for the workers to finish, then end those still running."""
+        for worker in self.workers:
+            worker.join(timeout=grace)
+            if worker.is_alive():
+                worker.terminate()
+        for worker in self.workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+
+
 def run_local(
     plan: Plan,
     config: DownloadConfig,
     shards: dict[int, int],
     on_progress: Callable[[Progress], None],
     on_shard: Callable[[ShardResult], None],
+    pool: WorkerPool | None = None,
 ) -> EngineOutcome:
-    """Run `shards` (shard -> rows it will fetch) in worker processes; return their results and
-    any shard errors."""
+    """Run `shards` (shard -> rows it will fetch) in worker processes (`pool`'s, else new ones);
+    return their results and any shard errors. The pool is stopped when this returns."""
     outcome = EngineOutcome()
     if not shards:
+        if pool is not None:
+            pool.stop()
         return outcome
-    processes = max(1, min(config.effective_processes(), len(shards)))
-    context = mp.get_context("spawn")
-    tasks: mp.Queue = context.Queue()
-    events: mp.Queue = context.Queue()
+    if pool is None:
+        pool = WorkerPool(config, min(config.effective_processes(), len(shards)))
+    processes = min(pool.count, len(shards))
     for shard in sorted(shards):
-        tasks.put((shard, shards[shard]))
-    for _ in range(processes):
-        tasks.put(None)
-    config_data = config.model_dump()
-    workers = [
-        context.Process(
-            target=_worker_main,
-            args=(
-                config_data,
-                plan.output,
-                processes,
-                tasks,
-                events,
-                os.getpid(),
-                config.storage_options,
-            ),
-            name=f"flowdc-worker-{index}",
-            daemon=True,
-        )
-        for index in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
+        pool.tasks.put((shard, shards[shard], processes, plan.output))
+    for _ in range(pool.count):
+        pool.tasks.put(None)
+    workers, events = pool.workers, pool.events
     progress = Progress()
     remaining = set(shards)
     try:
@@ -254,12 +285,5 @@ def run_local(
                 remaining.discard(event[1])
                 outcome.errors[event[1]] = event[2]
     finally:
-        for worker in workers:
-            worker.join(timeout=0 if remaining else 10)
-            if worker.is_alive():
-                worker.terminate()
-        for worker in workers:
-            worker.join(timeout=5)
-            if worker.is_alive():
-                worker.kill()
+        pool.stop(grace=0 if remaining else 10)
     return outcome
