@@ -16,8 +16,8 @@ from typing import Any
 
 from flowdc.writers import SampleWriter
 
-QUEUE_LIMIT = 256
-"""Samples waiting for the thread at most (each holds its image's bytes)."""
+QUEUE_LIMIT = 64
+"""Samples waiting for the thread at most (each holds its image's bytes: about 10 MB)."""
 
 
 class BackgroundWriter:
