@@ -317,7 +317,15 @@ def test_overview_per_host_figures_come_from_the_results(outputs: dict[str, Path
 
 
 def test_overview_merges_the_limiters_host_stats_when_present() -> None:
-    hosts = {"a.org": {"rows": 4, "successes": 3, "retries": 1, "elapsed_seconds_sum": 2.0}}
+    hosts = {
+        "a.org": {
+            "rows": 4,
+            "successes": 3,
+            "retries": 1,
+            "elapsed_seconds_sum": 2.0,
+            "unavailable": 1,
+        }
+    }
     stats = [
         {"hosts": {"a.org": {"requests": 5, "successes": 3, "throttled": 1, "rate": 4.0}}},
         {"hosts": {"a.org": {"requests": 2, "throttled": 0, "rate": 6.0, "latency_sum": 1.5}}},
@@ -325,6 +333,7 @@ def test_overview_merges_the_limiters_host_stats_when_present() -> None:
     ]
     merged = _finish_hosts(hosts, stats)["a.org"]
     assert merged["failures"] == 1 and merged["success_rate_percent"] == 75.0
+    assert merged["unavailable"] == 1
     assert merged["limiter"] == {
         "requests": 7,
         "successes": 3,

@@ -33,6 +33,8 @@ _GROUPS = {
         "retry_backoff_sec",
         "max_bytes",
         "retry_failed",
+        "host_failure_threshold",
+        "host_cooldown",
     ),
     "politeness (per host)": (
         "user_agent",

@@ -115,6 +115,21 @@ class DownloadConfig(BaseModel):
         description="On an existing output: download again only the rows whose final status was "
         "a failure worth retrying (timeouts, resets, 429, 5xx), and merge them in.",
     )
+    host_failure_threshold: int = Field(
+        5,
+        ge=0,
+        le=10_000,
+        description="Connection failures or timeouts in a row that mark a host down: its "
+        "remaining URLs fail at once as host_unavailable (retryable) instead of each waiting out "
+        "timeouts; a name that does not resolve marks it down at once. 0 turns this off.",
+    )
+    host_cooldown: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a host marked down waits before one request probes it again; it is "
+        "reopened if it answers, else waits twice as long (up to 8 times).",
+    )
     enable_rate_limiting: bool = Field(
         True,
         description="Limit each host's request rate with a token bucket (Retry-After is obeyed "

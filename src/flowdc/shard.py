@@ -30,7 +30,7 @@ from yarl import URL
 from flowdc import __version__
 from flowdc.config import DownloadConfig
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
-from flowdc.fetch.scheduler import Batch
+from flowdc.fetch.scheduler import LIMITER_COUNTS, Batch
 from flowdc.images import ImageRejected
 from flowdc.plan import Plan, normalize_label
 from flowdc.processing import Duplicate, ImageProcessor
@@ -415,7 +415,7 @@ def _merge_hosts(
     merged = {host: dict(figures) for host, figures in previous.items()}
     for host, figures in fresh.items():
         into = merged.setdefault(host, {})
-        for name in ("requests", "successes", "throttled", "latency_sum"):
+        for name in LIMITER_COUNTS:
             into[name] = round((into.get(name) or 0) + (figures.get(name) or 0), 4)
         into["mean_latency"] = (
             round(into["latency_sum"] / into["requests"], 4) if into["requests"] else None

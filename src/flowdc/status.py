@@ -11,3 +11,4 @@ TOO_SMALL = "too_small"  # smaller side under --min_image_size
 BAD_ASPECT_RATIO = "bad_aspect_ratio"  # over --max_aspect_ratio
 HASH_MISMATCH = "hash_mismatch"  # sha256 differs from the --verify_hash column
 DUPLICATE = "duplicate"  # --dedupe: the same bytes are stored under another key (duplicate_of)
+HOST_UNAVAILABLE = "host_unavailable"  # its host was marked down (fetch/breaker.py); retryable

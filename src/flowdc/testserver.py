@@ -19,8 +19,12 @@ and stops with the object. Paths:
 - /robots/DIRECTIVES/NAME   the image with `X-Robots-Tag: DIRECTIVES`
 
 A host may also be given a HostPolicy: a hidden capacity (a token bucket above which it answers
-429, with or without Retry-After) and a slowdown when too many requests are in flight. Every
-request a host answers is logged with its arrival time and status (`log`).
+429, with or without Retry-After), a slowdown when too many requests are in flight, or silence
+(it takes connections and requests and answers none until `silent` is cleared). Every request a
+host answers is logged with its arrival time and status (`log`).
+
+`HostsTable` is a name resolver answering from a table, like /etc/hosts, so tests can give
+loopback servers names (and names that do not resolve) without asking any DNS server.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -35,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 
@@ -87,6 +93,8 @@ class HostPolicy:
     slow_seconds: float = 1.0
     delay: float = 0.0
     """Seconds every answer waits (the host's base latency)."""
+    silent: bool = False
+    """Requests are read and left unanswered while this is set (a host that hangs)."""
     _tokens: float = field(default=0.0, repr=False)
     _stamp: float = field(default=-1.0, repr=False)
 
@@ -125,6 +133,8 @@ class ImageServer:
             if not host.startswith("127."):
                 raise ValueError(f"test server binds to loopback only, not {host}")
         self.hits: Counter[str] = Counter()
+        self.arrivals: Counter[str] = Counter()
+        """host -> requests received, answered or not."""
         self.in_flight = 0
         self.max_in_flight = 0
         self.ports: dict[str, int] = {}
@@ -162,9 +172,15 @@ class ImageServer:
         address = self.hosts[host]
         return f"http://{address}:{self.ports[address]}/{path.lstrip('/')}"
 
+    def hits_on(self, host: str) -> int:
+        """Requests the host received, answered or not."""
+        with self._lock:
+            return self.arrivals[host]
+
     def reset_counters(self) -> None:
         with self._lock:
             self.hits.clear()
+            self.arrivals.clear()
             self.max_in_flight = 0
             self.log.clear()
             self.user_agents.clear()
@@ -210,6 +226,7 @@ class ImageServer:
         host = request.transport.get_extra_info("sockname")[0] if request.transport else ""
         with self._lock:
             self.hits[request.path] += 1
+            self.arrivals[host] += 1
             self.user_agents[request.headers.get("User-Agent", "")] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -229,6 +246,8 @@ class ImageServer:
         policy = self.policies.get(host)
         if policy is None:
             return await handler(request)
+        while policy.silent:
+            await asyncio.sleep(0.05)
         if policy.delay:
             await asyncio.sleep(policy.delay)
         if policy.slow_above is not None and self.host_in_flight[host] > policy.slow_above:
@@ -320,3 +339,35 @@ class ImageServer:
         response = self._image_response(request.match_info["name"])
         response.headers["X-Robots-Tag"] = request.match_info["directives"]
         return response
+
+
+class HostsTable(AbstractResolver):
+    """Resolves names from `table` (name -> 127.0.0.x) and nothing else; counts every lookup."""
+
+    def __init__(self, table: dict[str, str]) -> None:
+        for address in table.values():
+            if not address.startswith("127."):
+                raise ValueError(f"names resolve to loopback only, not {address}")
+        self.table = table
+        self.lookups: Counter[str] = Counter()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups[host] += 1
+        address = self.table.get(host)
+        if address is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None

@@ -17,13 +17,23 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from flowdc.config import DownloadConfig
 from flowdc.fetch.aimd import RateSettings
+from flowdc.fetch.breaker import BreakerSettings
+from flowdc.fetch.dns import CachingResolver
 from flowdc.fetch.robots import opt_out_directive
 from flowdc.fetch.scheduler import Batch, Host, HostFigures, Job, Scheduler
-from flowdc.status import FAILED_TO_DOWNLOAD, INVALID_URL, OPTED_OUT, SUCCESS, TOO_LARGE
+from flowdc.status import (
+    FAILED_TO_DOWNLOAD,
+    HOST_UNAVAILABLE,
+    INVALID_URL,
+    OPTED_OUT,
+    SUCCESS,
+    TOO_LARGE,
+)
 
 MAX_REDIRECTS = 5
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
@@ -79,6 +89,9 @@ class _Failure(Exception):
         self.retry_after = retry_after
         self.latency: float | None = None
         self.timed_out = False
+        self.unreachable = False
+        """No connection or no answer: what the host's circuit breaker counts."""
+        self.unresolved = False
 
 
 def parse_url(url: str | None) -> URL | None:
@@ -87,11 +100,22 @@ def parse_url(url: str | None) -> URL | None:
         return None
     try:
         parsed = URL(url.strip())
+        # .host decodes IDNA and raises on a broken punycode label such as "xn--a"
+        if parsed.scheme not in ("http", "https") or not parsed.host or not _valid_host(parsed):
+            return None
     except (ValueError, TypeError):
         return None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        return None
     return parsed
+
+
+def _valid_host(url: URL) -> bool:
+    """A host name DNS can carry (labels of at most 63 characters, 253 in all): aiohttp raises
+    a bare UnicodeError on longer ones instead of failing the request."""
+    host = url.raw_host or ""
+    if host.startswith("[") or host.replace(".", "").isdigit():
+        return True
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(0 < len(label) <= 63 for label in labels)
 
 
 def invalid_url_reason(url: str | None) -> str:
@@ -120,8 +144,14 @@ class Fetcher:
     """Fetches URLs for one process; create inside the running event loop, close when done."""
 
     def __init__(
-        self, config: DownloadConfig, concurrency: int | None = None, processes: int = 1
+        self,
+        config: DownloadConfig,
+        concurrency: int | None = None,
+        processes: int = 1,
+        resolver: AbstractResolver | None = None,
     ) -> None:
+        """`resolver` answers name lookups (aiohttp's default, the system's, unless given);
+        failed lookups are remembered for host_cooldown seconds either way."""
         self.config = config
         self.concurrency = concurrency or config.concurrent_downloads
         rate = (
@@ -135,9 +165,20 @@ class Fetcher:
             if config.enable_rate_limiting
             else None
         )
-        self.scheduler = Scheduler(self.concurrency, rate, self._run_attempt)
+        self.scheduler = Scheduler(
+            self.concurrency,
+            rate,
+            self._run_attempt,
+            self._refuse,
+            BreakerSettings(config.host_failure_threshold, config.host_cooldown),
+        )
+        self.resolver = CachingResolver(resolver, negative_ttl=config.host_cooldown)
         connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+            limit=0,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            resolver=self.resolver,
+            enable_cleanup_closed=True,
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -231,6 +272,20 @@ class Fetcher:
         await job.on_done(result)
         job.batch.done()
 
+    async def _refuse(self, job: Job, host: Host) -> None:
+        """A job of a host marked down fails at once, retryable by a later --retry_failed."""
+        now = self.scheduler.clock()
+        job.batch.figures(host.name).unavailable += 1
+        result = FetchResult(
+            status=HOST_UNAVAILABLE,
+            error=host.breaker.describe(now),
+            retryable=True,
+            attempts=job.attempts,
+            elapsed_seconds=now - job.first_sent if job.first_sent is not None else 0.0,
+        )
+        await job.on_done(result)
+        job.batch.done()
+
     def _learn(
         self,
         host: Host,
@@ -244,6 +299,13 @@ class Fetcher:
         if latency is not None:
             figures.latency_sum += latency
             host.concurrency.on_answer(latency, sent_at, now, host.in_flight)
+        if failure is None or latency is not None or failure.http_status is not None:
+            host.breaker.on_answer()
+        elif (failure.timed_out or failure.unreachable) and host.breaker.on_failure(
+            sent_at, now, failure.message, at_once=failure.unresolved
+        ):
+            figures.marked_down += 1
+            self.scheduler.review(host)  # its queued jobs fail now, not after their waits
         if failure is None:
             host.rate.on_success()
         elif failure.timed_out:
@@ -308,6 +370,12 @@ class Fetcher:
                 ) from None
             except aiohttp.InvalidURL as exc:
                 raise _Failure(INVALID_URL, f"invalid URL: {_brief(exc)}", False) from None
+            except aiohttp.ClientConnectorDNSError as exc:
+                failure = _Failure(
+                    FAILED_TO_DOWNLOAD, f"host name does not resolve: {_brief(exc)}", True
+                )
+                failure.unreachable = failure.unresolved = True
+                raise failure from None
             except aiohttp.ClientSSLError as exc:
                 # a certificate or TLS failure does not heal by asking again
                 message = f"TLS error: {_brief(exc)}"
@@ -319,9 +387,9 @@ class Fetcher:
                     FAILED_TO_DOWNLOAD, f"malformed response: {_brief(exc)}", True
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
-                raise _Failure(
-                    FAILED_TO_DOWNLOAD, f"{type(exc).__name__}: {_brief(exc)}", True
-                ) from None
+                failure = _Failure(FAILED_TO_DOWNLOAD, f"{type(exc).__name__}: {_brief(exc)}", True)
+                failure.unreachable = not answered  # refused, reset or dropped before headers
+                raise failure from None
         raise _Failure(FAILED_TO_DOWNLOAD, f"more than {MAX_REDIRECTS} redirects", False)
 
     def _timed_out(self) -> _Failure:

@@ -6,7 +6,9 @@ wait never holds a slot while it waits and never holds up another host's work (n
 blocking). A host that is not ready gets a timer for the moment it will be. A failed attempt
 worth retrying goes back to its host with a ready time (its backoff); a host sends its due
 retries before fresh work, so a retry waits its backoff and its host's permission, never the
-whole queue.
+whole queue. A host marked down by its circuit breaker (fetch/breaker.py) sends nothing: its
+jobs, due or not, go to `refuse` at once, taking no token and no place under its limits; once it
+has cooled down it may have one request in flight, the probe.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from typing import Any
 from yarl import URL
 
 from flowdc.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
+from flowdc.fetch.breaker import NO_BREAKER, Breaker, BreakerSettings
 
 Clock = Callable[[], float]
 KEEP_HOSTS = 4096
 """Idle hosts that never pushed back are forgotten beyond this many (LAION-style lists name
 millions of hosts); a host that throttled or slowed down keeps what was learnt of it."""
+
+
+LIMITER_COUNTS = ("requests", "successes", "throttled", "latency_sum", "unavailable", "marked_down")
+"""HostFigures that add up over passes and shards (the others are the latest or the highest)."""
 
 
 @dataclass
@@ -41,6 +48,9 @@ class HostFigures:
     latency_sum: float = 0.0
     rate: float = 0.0
     concurrency: int = 0
+    unavailable: int = 0
+    """Jobs failed at once because the host was marked down."""
+    marked_down: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +61,8 @@ class HostFigures:
             "mean_latency": round(self.latency_sum / self.requests, 4) if self.requests else None,
             "rate": round(self.rate, 3),
             "concurrency": self.concurrency,
+            "unavailable": self.unavailable,
+            "marked_down": self.marked_down,
         }
 
 
@@ -109,6 +121,7 @@ class Job:
 class Host:
     name: str
     rate: AdaptiveRate
+    breaker: Breaker
     concurrency: AdaptiveConcurrency = field(default_factory=AdaptiveConcurrency)
     fresh: deque[Job] = field(default_factory=deque)
     retries: list[tuple[float, int, Job]] = field(default_factory=list)
@@ -122,7 +135,8 @@ class Host:
         return bool(self.fresh or self.retries)
 
     def next_job(self, now: float) -> Job | None:
-        if self.retries and self.retries[0][0] <= now:
+        """A due retry, else fresh work; a host that is down takes any retry, due or not."""
+        if self.retries and (self.retries[0][0] <= now or self.breaker.is_open(now)):
             return heapq.heappop(self.retries)[2]
         if self.fresh:
             return self.fresh.popleft()
@@ -135,18 +149,23 @@ class Host:
 
 
 class Scheduler:
-    """Per-host queues served by `slots` coroutines that run `attempt(job)`."""
+    """Per-host queues served by `slots` coroutines that run `attempt(job, host)`, or
+    `refuse(job, host)` while the host is marked down."""
 
     def __init__(
         self,
         slots: int,
         rate: RateSettings | None,
         attempt: Callable[[Job, Host], Awaitable[None]],
+        refuse: Callable[[Job, Host], Awaitable[None]],
+        breaker: BreakerSettings = NO_BREAKER,
         clock: Clock = time.monotonic,
     ) -> None:
         self.slots = slots
         self.rate_settings = rate
+        self.breaker_settings = breaker
         self.attempt = attempt
+        self.refuse = refuse
         self.clock = clock
         self.hosts: dict[str, Host] = {}
         self._ready: asyncio.Queue[Host] = asyncio.Queue()
@@ -159,7 +178,9 @@ class Scheduler:
         host = self.hosts.get(name)
         if host is None:
             settings = self.rate_settings or RateSettings(math.inf, math.inf, math.inf, 1, False)
-            host = self.hosts[name] = Host(name, AdaptiveRate(settings))
+            host = self.hosts[name] = Host(
+                name, AdaptiveRate(settings), Breaker(self.breaker_settings)
+            )
         return host
 
     def share(self) -> int:
@@ -199,8 +220,13 @@ class Scheduler:
 
     def _start_time(self, host: Host, now: float) -> float | None:
         """When the host may send next: its token, its Retry-After and its first due job; None
-        when it has no work or holds its share of the slots."""
-        if not host.has_work() or host.in_flight >= host.concurrency.allowed(self.share()):
+        when it has no work or holds its share of the slots (one request, while probing)."""
+        if not host.has_work():
+            return None
+        if host.breaker.is_open(now):
+            return now  # refusals send nothing
+        allowed = 1 if host.breaker.probing(now) else host.concurrency.allowed(self.share())
+        if host.in_flight >= allowed:
             return None
         return max(host.rate.available_at(now), host.blocked_until, host.work_ready_at())
 
@@ -227,22 +253,26 @@ class Scheduler:
             start = self._start_time(host, now)
             job = host.next_job(now) if start is not None and start <= now else None
             if job is None or job.batch.cancelled:
-                self.review(host)
-                if host.in_flight == 0 and not host.has_work():
-                    self._went_idle(host)
+                self._after(host)
                 continue
-            host.rate.take(now)
-            host.in_flight += 1
+            refused = host.breaker.is_open(now)
+            if not refused:
+                host.rate.take(now)
+                host.in_flight += 1
             self.review(host)  # it may send again at once: back of the round robin
             try:
-                await self.attempt(job, host)
+                await (self.refuse if refused else self.attempt)(job, host)
             except Exception as exc:  # an on_done that failed (a full disk): its batch fails
                 job.batch.fail(exc)
             finally:
-                host.in_flight -= 1
-                self.review(host)
-                if host.in_flight == 0 and not host.has_work():
-                    self._went_idle(host)
+                if not refused:
+                    host.in_flight -= 1
+                self._after(host)
+
+    def _after(self, host: Host) -> None:
+        self.review(host)
+        if host.in_flight == 0 and not host.has_work():
+            self._went_idle(host)
 
     def _went_idle(self, host: Host) -> None:
         """The others' share grew: hosts held at their share may send more."""
@@ -260,6 +290,7 @@ class Scheduler:
             len(self.hosts) > KEEP_HOSTS
             and host.rate.cuts == 0
             and host.concurrency.cuts == 0
+            and host.breaker.failures == 0
             and host.blocked_until < self.clock()
         ):
             self._cancel_timer(host)

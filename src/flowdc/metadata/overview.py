@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 
 from flowdc import __version__
 from flowdc.config import DownloadConfig
+from flowdc.fetch.scheduler import LIMITER_COUNTS
 from flowdc.metadata.tables import read_stats
 from flowdc.plan import Plan
 from flowdc.remote import is_remote
 from flowdc.shard import is_committed, results_path
-from flowdc.status import SUCCESS
+from flowdc.status import HOST_UNAVAILABLE, SUCCESS
 from flowdc.storage import atomic_write_text
 
 OVERVIEW_FILE = "overview.json"
@@ -89,7 +90,8 @@ def _add_hosts(hosts: dict[str, dict[str, Any]], table: pa.Table) -> None:
     ):
         host = row["host"] if row["host"] is not None else "(no host)"
         entry = hosts.setdefault(
-            host, {"rows": 0, "successes": 0, "retries": 0, "elapsed_seconds_sum": 0.0}
+            host,
+            {"rows": 0, "successes": 0, "retries": 0, "elapsed_seconds_sum": 0.0, "unavailable": 0},
         )
         entry["rows"] += row["status_count"]
         entry["retries"] += row["retries_sum"] or 0
@@ -97,6 +99,9 @@ def _add_hosts(hosts: dict[str, dict[str, Any]], table: pa.Table) -> None:
     ok = table.filter(pc.equal(table.column("status"), SUCCESS))
     for host, count in Counter(ok.column("host").to_pylist()).items():
         hosts[host if host is not None else "(no host)"]["successes"] += count
+    down = table.filter(pc.equal(table.column("status"), HOST_UNAVAILABLE))
+    for host, count in Counter(down.column("host").to_pylist()).items():
+        hosts[host]["unavailable"] += count
 
 
 def _finish_hosts(
@@ -110,7 +115,7 @@ def _finish_hosts(
     for shard in stats:
         for host, figures in (shard.get("hosts") or {}).items():
             merged = limiter.setdefault(host, {})
-            for name in ("requests", "successes", "throttled", "latency_sum"):
+            for name in LIMITER_COUNTS:
                 if isinstance(figures.get(name), (int, float)):
                     merged[name] = merged.get(name, 0) + figures[name]
             if isinstance(figures.get("rate"), (int, float)):
@@ -124,6 +129,7 @@ def _finish_hosts(
             "failures": rows - entry["successes"],
             "success_rate_percent": round(100.0 * entry["successes"] / rows, 2) if rows else 0.0,
             "retries": entry["retries"],
+            "unavailable": entry["unavailable"],
             "mean_seconds_per_row": round(entry["elapsed_seconds_sum"] / rows, 4) if rows else 0.0,
         }
         if host in limiter:
@@ -138,6 +144,18 @@ def _finish_hosts(
                 )
         result[host] = figures
     return result
+
+
+def _hosts_down(per_host: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Hosts their circuit breaker marked down (fetch/breaker.py), and the URLs that cost."""
+    return {
+        host: {
+            "urls_unavailable": figures["unavailable"],
+            "times_marked_down": (figures.get("limiter") or {}).get("marked_down", 0),
+        }
+        for host, figures in sorted(per_host.items(), key=lambda item: -item[1]["unavailable"])
+        if figures["unavailable"] or (figures.get("limiter") or {}).get("marked_down")
+    }
 
 
 def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
@@ -170,6 +188,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             labels = table.filter(ok).column("label").to_pylist()
             per_class.update(label for label in labels if label is not None)
         _add_hosts(hosts, table)
+    per_host = _finish_hosts(hosts, read_stats(plan))
     processed = sum(statuses.values())
     successful = statuses.get(SUCCESS, 0)
     runs = read_runs(output)
@@ -194,7 +213,8 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         "error_messages": dict(error_messages.most_common(50)),
         "http_status_counts": dict(sorted(http_statuses.items())),
         "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
-        "per_host": _finish_hosts(hosts, read_stats(plan)),
+        "per_host": per_host,
+        "hosts_down": _hosts_down(per_host),
         "shards": {
             "total": plan.shard_count,
             "committed": committed,

@@ -236,6 +236,23 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _hosts_down(down: dict[str, dict[str, int]]) -> str:
+    if not down:
+        return "<p>No host was marked down.</p>"
+    return (
+        "<h3>Hosts marked down</h3><p>After a run of connection failures or timeouts their "
+        "remaining URLs failed at once as <code>host_unavailable</code>; "
+        "<code>flowdc download ... --retry_failed</code> takes them again.</p>"
+        + _table(
+            ["host", "URLs unavailable", "times marked down"],
+            [
+                [h, f["urls_unavailable"], f["times_marked_down"]]
+                for h, f in list(down.items())[:50]
+            ],
+        )
+    )
+
+
 def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, str]:
     rate = summary["success_rate_percent"]
     shards = overview["shards"]
@@ -350,7 +367,8 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
             ],
             host_rows,
         )
-        + (f"<p>and {len(hosts) - 50:,} more hosts</p>" if len(hosts) > 50 else ""),
+        + (f"<p>and {len(hosts) - 50:,} more hosts</p>" if len(hosts) > 50 else "")
+        + _hosts_down(overview.get("hosts_down") or {}),
     )
     classes = Counter(overview.get("class_counts") or {})
     top = classes.most_common(40)
