@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from flowdc import remote
 from flowdc.config import DownloadConfig
 from flowdc.engines.dask import check_engine_options
-from flowdc.engines.local import Progress, run_local
+from flowdc.engines.local import Progress, WorkerPool, run_local
 from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.interactive import in_notebook, tqdm_class
@@ -156,13 +159,31 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
                 )
             if plan is not None:
                 check_plan_matches(plan, config, table)
-            else:
+                return _run_plan(plan, config, echo)
+            pool = _early_workers(config, table)
+            try:
                 echo(f"planning {config.input} ...")
                 plan = make_plan(config, table, source=_source(config))
                 echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
                 for note in table.notes:
                     echo(note)
-            return _run_plan(plan, config, echo)
+                return _run_plan(plan, config, echo, pool=pool)
+            finally:
+                if pool is not None:
+                    pool.stop()  # at once, when planning failed; else they are done already
+
+
+def _early_workers(config: DownloadConfig, table: InputTable) -> WorkerPool | None:
+    """The local engine's workers, started now so that their imports overlap the planning, when
+    the input says how many rows (so shards, so workers) there will be: a Parquet footer does."""
+    if config.engine != "local" or table.format != "parquet":
+        return None
+    try:
+        rows = pq.ParquetFile(table.path).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return None  # the planning reports what is wrong with the input
+    shards = -(-rows // config.shard_size)
+    return WorkerPool(config, min(config.effective_processes(), shards)) if shards else None
 
 
 def _source(config: DownloadConfig) -> str | None:
@@ -194,7 +215,11 @@ def _run_remote(config: DownloadConfig, table: InputTable, staging: Path, echo: 
 
 
 def _run_plan(
-    plan: Plan, config: DownloadConfig, echo: Echo, store: remote.RemoteStore | None = None
+    plan: Plan,
+    config: DownloadConfig,
+    echo: Echo,
+    store: remote.RemoteStore | None = None,
+    pool: WorkerPool | None = None,
 ) -> RunSummary:
     output = Path(plan.output)
     rows_to_run = {
@@ -222,7 +247,7 @@ def _run_plan(
     interrupted = False
     try:
         if config.engine == "local":
-            outcome = run_local(plan, config, pending, bar.update, results.append)
+            outcome = run_local(plan, config, rows_to_run, bar.update, results.append, pool)
         else:
             from flowdc.engines.dask import run_dask
 

@@ -17,7 +17,6 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,6 +39,7 @@ from flowdc.retry import retry_rows
 from flowdc.status import LICENSE_FILTERED, MISSING_LABEL, SUCCESS
 from flowdc.storage import atomic_write_text, temp_name
 from flowdc.writers import SampleWriter, recover_shard
+from flowdc.writers.background import BackgroundWriter
 from flowdc.writers.imagefolder import FolderShardWriter, drop_journal
 from flowdc.writers.webdataset import TarShardWriter
 
@@ -135,6 +135,10 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_json_default, allow_nan=False)
+"""One encoder for every sample's JSON (json.dumps with options builds one per call)."""
+
+
 def _finite(value: Any) -> Any:
     """NaN and infinities become null: strict JSON readers (jq, JavaScript) refuse them."""
     if isinstance(value, float):
@@ -188,7 +192,7 @@ class _ShardRun:
             else TarShardWriter(self.output, shard)
         )
         self.processor = ImageProcessor(config, self.output, shard, self.needs_label)
-        self.write_thread = ThreadPoolExecutor(1, thread_name_prefix=f"flowdc-write-{shard}")
+        self.writes = BackgroundWriter(self.writer, f"flowdc-write-{shard}")
         self.license_filter = row_filter(plan, config)
         self.verify_column = next(
             (name for name, source in plan.extra_columns.items() if source == config.verify_hash),
@@ -202,33 +206,39 @@ class _ShardRun:
                 row["label"] = normalize_label(row.get("label"))
                 if self.needs_label and row["label"] is None:
                     missing = "no label: nothing names its folder"
-                    await self.process(row, FetchResult(status=MISSING_LABEL, error=missing))
+                    await self.process(row, None, FetchResult(status=MISSING_LABEL, error=missing))
                     continue
+                parsed = parse_url(row["url"])
+                host = parsed.host if parsed is not None else None
                 if self.license_filter is not None:
                     column, allowed = self.license_filter
                     if not allowed.allows(row.get(column)):
                         refused = f"license {row.get(column) or '(none)'} not in --license_filter"
-                        await self.process(row, FetchResult(status=LICENSE_FILTERED, error=refused))
+                        filtered = FetchResult(status=LICENSE_FILTERED, error=refused)
+                        await self.process(row, host, filtered)
                         continue
-                answered = self.fetcher.submit(row["url"], partial(self.process, row), self.batch)
+                answered = self.fetcher.submit(
+                    parsed or row["url"], partial(self.process, row, host), self.batch
+                )
                 if answered is not None:
-                    await self.process(row, answered)
+                    await self.process(row, host, answered)
             await self.batch.wait()
         finally:
             self.fetcher.scheduler.cancel(self.batch)
 
-    async def process(self, row: dict[str, Any], fetched: FetchResult) -> None:
-        record = self._record(row, fetched)
+    async def process(self, row: dict[str, Any], host: str | None, fetched: FetchResult) -> None:
+        record = self._record(row, host, fetched)
         if fetched.ok and fetched.data is not None:
             await self._store(row, fetched.data, record)
         self.records.append(record)
         if self.on_progress is not None:
             self.on_progress(record["status"] == SUCCESS, record["bytes"] or 0)
 
-    def _record(self, row: dict[str, Any], fetched: FetchResult) -> dict[str, Any]:
+    def _record(
+        self, row: dict[str, Any], host: str | None, fetched: FetchResult
+    ) -> dict[str, Any]:
         label = row.get("label")
         url = row["url"]
-        parsed = parse_url(url)
         record: dict[str, Any] = {
             "key": row["key"],
             "shard": self.shard,
@@ -249,7 +259,7 @@ class _ShardRun:
             "content_type": fetched.content_type,
             "path": None,
             "elapsed_seconds": round(fetched.elapsed_seconds, 4),
-            "host": parsed.host if parsed is not None else None,
+            "host": host,
             "retryable": fetched.retryable,
             "final_url": _without_credentials(fetched.final_url)
             if fetched.final_url != url
@@ -305,13 +315,10 @@ class _ShardRun:
             )
         }
         meta.update({name: row.get(name) for name in self.extra_names})
-        meta_json = json.dumps(
-            _finite(meta), ensure_ascii=False, default=_json_default, allow_nan=False
-        ).encode("utf-8")
-        # one thread writes the shard's samples, in order: the loop never waits for the disk
-        record["path"] = await asyncio.get_running_loop().run_in_executor(
-            self.write_thread,
-            self.writer.add,
+        meta_json = _META_ENCODER.encode(_finite(meta)).encode("utf-8")
+        # one thread writes the shard's samples, in order, and sets record["path"]
+        await self.writes.put(
+            record,
             row["key"],
             image.extension,
             image.data,
@@ -380,7 +387,7 @@ async def _retry_shard(
         try:
             run.writer.copy_samples(tar, skip_keys=set(todo.column("key").to_pylist()))
         except BaseException:
-            run.write_thread.shutdown()
+            run.writes.stop()
             run.processor.close()
             run.writer.abort()
             raise
@@ -396,13 +403,13 @@ async def _fetch_and_write(run: _ShardRun, rows: list[dict[str, Any]], first: bo
     another attempt committed the shard meanwhile (Dask may run a task twice)."""
     try:
         await run.run(rows)
-        run.write_thread.shutdown()  # every sample written
+        run.writes.close()  # every sample written (or the first write error raised)
         if first and is_committed(run.output, run.shard):
             run.writer.abort()
             return False
         run.writer.commit()
     except BaseException:
-        run.write_thread.shutdown()  # no write is under way when the file is dropped
+        run.writes.stop()  # no write is under way when the file is dropped
         run.writer.abort()
         raise
     finally:

@@ -1,17 +1,21 @@
 """The local engine: worker processes on this machine, each with its own event loop.
 
 Each worker takes shard numbers from a shared queue and runs up to SHARDS_PER_WORKER shards at
-once on one HTTP session, so the slow tail of one shard never leaves the process idle. Workers
-report progress and finished shards on a result queue; they exit when their parent dies.
+once on one HTTP session, so the slow tail of one shard never leaves the process idle: it takes a
+second shard only when fewer rows than its request slots are left in the first (taking two at
+once let the first worker to start take both shards of a two-shard run, leaving the other idle).
+Workers report progress and finished shards on a result queue; they exit when their parent dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -25,6 +29,8 @@ from flowdc.shard import ShardResult
 
 SHARDS_PER_WORKER = 2
 PROGRESS_INTERVAL = 0.25
+TAIL_CHECK_SECONDS = 0.1
+"""How often a worker looks whether its shard's tail has begun (time to take the next one)."""
 
 
 @dataclass
@@ -53,6 +59,23 @@ def _install_event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class _NoPandas:
+    """An import finder that refuses pandas (see _without_pandas)."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is not imported in a worker", name=name)
+
+
+def _without_pandas() -> None:
+    """pyarrow imports pandas (0.3-0.5 s, a quarter of a worker's start-up) the first time it
+    builds an array, only to ask whether its input is a pandas object. A worker never holds one,
+    so the import is made to fail at once: pyarrow then works without pandas."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+
+
 def _watch_parent(parent_pid: int) -> None:
     while True:
         if os.getppid() != parent_pid:
@@ -62,27 +85,34 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _worker_main(
     config_data: dict[str, Any],
-    output: str,
-    processes: int,
     tasks: mp.Queue,
     events: mp.Queue,
     parent_pid: int,
     storage_options: dict[str, Any] | None,
 ) -> None:
-    """Entry point of a worker process; `processes` is how many share the machine's limits."""
+    """Entry point of a worker process. It imports what it needs, then waits for its first task
+    (shard, rows, processes sharing the machine's limits, the plan's folder)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
+    _without_pandas()
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     _install_event_loop_policy()
+    importlib.import_module("flowdc.remote")  # the shard's modules, while the parent plans
+
     config = DownloadConfig(**config_data)
+    first = tasks.get()
+    if first is None:
+        return
+    processes, output = first[2], first[3]
     plan = Plan.load(output)
     assert plan is not None
-    asyncio.run(_worker_loop(config, plan, processes, tasks, events, storage_options))
+    asyncio.run(_worker_loop(config, plan, processes, first, tasks, events, storage_options))
 
 
 async def _worker_loop(
     config: DownloadConfig,
     plan: Plan,
     processes: int,
+    first: tuple[int, int, int, str],
     tasks: mp.Queue,
     events: mp.Queue,
     storage_options: dict[str, Any] | None,
@@ -94,11 +124,17 @@ async def _worker_loop(
     fetcher = Fetcher(
         config, concurrency=max(1, config.concurrent_downloads // processes), processes=processes
     )
+    waiting: tuple[int, int, int, str] | None = first
     delta = [0, 0, 0]  # successes, failures, bytes since the last report
+    unfinished: dict[int, int] = {}  # rows of each running shard still without a result
 
-    def on_progress(success: bool, size: int) -> None:
-        delta[0 if success else 1] += 1
-        delta[2] += size
+    def progress_of(shard: int) -> Callable[[bool, int], None]:
+        def on_progress(success: bool, size: int) -> None:
+            delta[0 if success else 1] += 1
+            delta[2] += size
+            unfinished[shard] -= 1
+
+        return on_progress
 
     async def report() -> None:
         while True:
@@ -110,74 +146,112 @@ async def _worker_loop(
     async def run_one(shard: int) -> None:
         try:
             result = await run_shard_to(
-                config.output, storage_options, plan, shard, config, fetcher, on_progress
+                config.output, storage_options, plan, shard, config, fetcher, progress_of(shard)
             )
         except Exception as exc:
             events.put(("error", shard, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
             return
+        finally:
+            del unfinished[shard]
         if any(delta):
             events.put(("progress", delta[0], delta[1], delta[2]))
             delta[:] = [0, 0, 0]
         events.put(("done", shard, result))
+
+    def wants_shard() -> bool:
+        """A first shard, or a second once the running one's tail leaves request slots idle."""
+        if not running:
+            return True
+        return len(running) < SHARDS_PER_WORKER and sum(unfinished.values()) < fetcher.concurrency
 
     reporter = asyncio.create_task(report())
     running: set[asyncio.Task[None]] = set()
     exhausted = False
     try:
         while True:
-            while not exhausted and len(running) < SHARDS_PER_WORKER:
-                shard = await loop.run_in_executor(None, tasks.get)
-                if shard is None:
+            while not exhausted and wants_shard():
+                task, waiting = waiting or await loop.run_in_executor(None, tasks.get), None
+                if task is None:
                     exhausted = True
                     break
+                shard, rows = task[0], task[1]
+                unfinished[shard] = rows
                 running.add(asyncio.create_task(run_one(shard)))
             if not running:
                 break
-            _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            _, running = await asyncio.wait(
+                running,
+                timeout=None if exhausted else TAIL_CHECK_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
     finally:
         reporter.cancel()
         await fetcher.close()
 
 
+class WorkerPool:
+    """The worker processes, started before the plan is made when the runner knows how many
+    shards there will be: a worker's imports take about a second of CPU, and they overlap the
+    planning. Each waits for its first task."""
+
+    def __init__(self, config: DownloadConfig, count: int) -> None:
+        self.count = max(1, count)
+        context = mp.get_context("spawn")
+        self.tasks: mp.Queue = context.Queue()
+        self.events: mp.Queue = context.Queue()
+        self.workers = [
+            context.Process(
+                target=_worker_main,
+                args=(
+                    config.model_dump(),
+                    self.tasks,
+                    self.events,
+                    os.getpid(),
+                    config.storage_options,
+                ),
+                name=f"flowdc-worker-{index}",
+                daemon=True,
+            )
+            for index in range(self.count)
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    def stop(self, grace: float = 0) -> None:
+        """Wait up to `grace` seconds for the workers to finish, then end those still running."""
+        for worker in self.workers:
+            worker.join(timeout=grace)
+            if worker.is_alive():
+                worker.terminate()
+        for worker in self.workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.kill()
+
+
 def run_local(
     plan: Plan,
     config: DownloadConfig,
-    shards: list[int],
+    shards: dict[int, int],
     on_progress: Callable[[Progress], None],
     on_shard: Callable[[ShardResult], None],
+    pool: WorkerPool | None = None,
 ) -> EngineOutcome:
-    """Run `shards` in worker processes; return their results and any shard errors."""
+    """Run `shards` (shard -> rows it will fetch) in worker processes (`pool`'s, else new ones);
+    return their results and any shard errors. The pool is stopped when this returns."""
     outcome = EngineOutcome()
     if not shards:
+        if pool is not None:
+            pool.stop()
         return outcome
-    processes = max(1, min(config.effective_processes(), len(shards)))
-    context = mp.get_context("spawn")
-    tasks: mp.Queue = context.Queue()
-    events: mp.Queue = context.Queue()
-    for shard in shards:
-        tasks.put(shard)
-    for _ in range(processes):
-        tasks.put(None)
-    config_data = config.model_dump()
-    workers = [
-        context.Process(
-            target=_worker_main,
-            args=(
-                config_data,
-                plan.output,
-                processes,
-                tasks,
-                events,
-                os.getpid(),
-                config.storage_options,
-            ),
-            name=f"flowdc-worker-{index}",
-            daemon=True,
-        )
-        for index in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
+    if pool is None:
+        pool = WorkerPool(config, min(config.effective_processes(), len(shards)))
+    processes = min(pool.count, len(shards))
+    for shard in sorted(shards):
+        pool.tasks.put((shard, shards[shard], processes, plan.output))
+    for _ in range(pool.count):
+        pool.tasks.put(None)
+    workers, events = pool.workers, pool.events
     progress = Progress()
     remaining = set(shards)
     try:
@@ -211,12 +285,5 @@ def run_local(
                 remaining.discard(event[1])
                 outcome.errors[event[1]] = event[2]
     finally:
-        for worker in workers:
-            worker.join(timeout=0 if remaining else 10)
-            if worker.is_alive():
-                worker.terminate()
-        for worker in workers:
-            worker.join(timeout=5)
-            if worker.is_alive():
-                worker.kill()
+        pool.stop(grace=0 if remaining else 10)
     return outcome

@@ -199,10 +199,14 @@ class Fetcher:
         await self.session.close()
 
     def submit(
-        self, url: str | None, on_done: Callable[[FetchResult], Awaitable[None]], batch: Batch
+        self,
+        url: str | URL | None,
+        on_done: Callable[[FetchResult], Awaitable[None]],
+        batch: Batch,
     ) -> FetchResult | None:
-        """Queue `url`; `on_done` gets its final result. An invalid URL is answered at once."""
-        parsed = parse_url(url)
+        """Queue `url` (text, or a URL parse_url accepted); `on_done` gets its final result. An
+        invalid URL is answered at once."""
+        parsed = url if isinstance(url, URL) else parse_url(url)
         if parsed is None:
             return FetchResult(status=INVALID_URL, error=invalid_url_reason(url), attempts=0)
         batch.add()

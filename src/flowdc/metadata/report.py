@@ -99,7 +99,9 @@ def _time_bins(
     ok = [status == SUCCESS for status in table.column("status").to_pylist()]
     sizes = [size or 0 for size in table.column("bytes").to_pylist()]
     if "fetched_at" in table.column_names:
-        times = [t.timestamp() if t else None for t in table.column("fetched_at").to_pylist()]
+        # as integers: a datetime object per row cost a second per 100,000 rows
+        millis = table.column("fetched_at").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+        times = [None if t is None else t / 1000 for t in millis.to_pylist()]
     else:
         finished = {}
         for shard in stats:
