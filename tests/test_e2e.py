@@ -1000,3 +1000,44 @@ def test_imagefolder_rerun_removes_empty_label_folders(server: ImageServer, tmp_
     indexed = sorted((e for e in entries if e["index"] is not None), key=lambda e: e["index"])
     assert folders == [e["folder"] for e in indexed] == ["L0", "L1", "L2"]
     check_imagefolder_rules(output)
+
+
+def test_without_a_terminal_progress_is_a_line_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch job's log (stderr not a terminal, no bar) still shows the run moving; an explicit
+    --no-progress (log=None) stays silent."""
+    from flowdc.engines.local import Progress
+    from flowdc.runner import _ProgressBar
+
+    lines: list[str] = []
+    monkeypatch.setattr(_ProgressBar, "LOG_EVERY", 0.0)
+    bar = _ProgressBar(1000, enabled=False, log=lines.append)
+    bar.update(Progress(successes=240, failures=10, bytes=25_000_000))
+    bar.close()
+    assert len(lines) == 1
+    assert lines[0].startswith("250 of 1,000 rows (25.0%), ok 240, failed 10,")
+    assert "img/s" in lines[0] and "MB/s" in lines[0]
+    silent = _ProgressBar(1000, enabled=False, log=None)
+    silent.update(Progress(successes=5))
+    silent.close()
+    monkeypatch.setattr(_ProgressBar, "LOG_EVERY", 3600.0)
+    later = _ProgressBar(1000, enabled=False, log=lines.append)
+    later.update(Progress(successes=5))
+    later.close()
+    assert len(lines) == 1
+
+
+def test_an_input_without_rows_leaves_no_output_folder(tmp_path: Path) -> None:
+    """The error names the problem, and the folder the run made for it is gone again; a folder
+    that existed before is left as it was."""
+    empty = tmp_path / "empty.csv"
+    empty.write_text("url,label\n")
+    output = tmp_path / "out"
+    for _ in range(2):  # the second time into a folder that exists before the run
+        done = download(empty, output)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "has no rows; nothing to download" in done.stderr
+        assert output.exists() == (_ == 1)
+        output.mkdir(exist_ok=True)
+    assert output.is_dir() and not any(output.iterdir())

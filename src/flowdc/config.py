@@ -70,7 +70,9 @@ class DownloadConfig(BaseModel):
     )
     shard_size: int = Field(10_000, ge=1, le=1_000_000, description="Input rows per shard.")
     overwrite: bool = Field(
-        False, description="Delete an existing FLOW-DC output in the output folder and start over."
+        False,
+        description="Delete an existing FLOW-DC output in the output folder and start over (only "
+        "the files FLOW-DC made: yours are kept).",
     )
 
     # downloading
@@ -236,7 +238,9 @@ class DownloadConfig(BaseModel):
         description="Worker processes on the local engine; default: the number of cores.",
     )
     progress: bool | None = Field(
-        None, description="Show a progress bar; default: when stderr is a terminal, and in Jupyter."
+        None,
+        description="Show a progress bar; default: when stderr is a terminal, and in Jupyter "
+        "(otherwise a line every 30 s).",
     )
 
     # distributed runs (docs/distributed.md)

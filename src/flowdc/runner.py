@@ -34,7 +34,7 @@ from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, writ
 from flowdc.remote import is_remote, stage_input
 from flowdc.retry import retry_rows
 from flowdc.shard import ShardResult, is_committed, results_path
-from flowdc.storage import OutputLock, check_output, clear_output
+from flowdc.storage import OutputLock, check_output, clear_output, remove_if_unused
 
 Echo = Callable[[str], None]
 
@@ -91,9 +91,13 @@ def _retryable_rows(plan: Plan) -> dict[int, int]:
 
 
 class _ProgressBar:
-    """images/s (tqdm's rate), MB/s, successes and failures, on stderr."""
+    """images/s (tqdm's rate), MB/s, successes and failures, on stderr. Without a bar (stderr is
+    not a terminal: a batch job, nohup, a pipe) and unless told --no-progress, a line every
+    LOG_EVERY seconds instead, so a log shows a working run from a stalled one."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    LOG_EVERY = 30.0
+
+    def __init__(self, total: int, enabled: bool, log: Echo | None = None) -> None:
         import shutil
 
         from tqdm import tqdm
@@ -104,10 +108,22 @@ class _ProgressBar:
         self.bar = bar_class(
             total=total, unit="img", disable=not enabled, smoothing=0.1, desc="download", **width
         )
-        self.started = time.monotonic()
+        self.started = self.logged = time.monotonic()
+        self.total = total
+        self.log = None if enabled else log
 
     def update(self, progress: Progress) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
+        now = time.monotonic()
+        elapsed = max(now - self.started, 1e-6)
+        if self.log is not None and now - self.logged >= self.LOG_EVERY:
+            self.logged = now
+            done = progress.successes + progress.failures
+            self.log(
+                f"{done:,} of {self.total:,} rows ({100 * done / max(self.total, 1):.1f}%), "
+                f"ok {progress.successes:,}, failed {progress.failures:,}, "
+                f"{progress.successes / elapsed:.0f} img/s, "
+                f"{progress.bytes / 1e6 / elapsed:.1f} MB/s"
+            )
         self.bar.set_postfix_str(
             f"{progress.bytes / 1e6 / elapsed:.1f} MB/s, ok {progress.successes:,}, "
             f"failed {progress.failures:,}",
@@ -141,36 +157,41 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
         if is_remote(config.output):
             return _run_remote(config, table, Path(staging), echo)
         output = Path(config.output)
+        made_here = not output.exists()
         check_output(output)
-        with OutputLock(output):
-            if config.overwrite:
-                kept = clear_output(output, table.path)
-                if kept:
-                    echo(
-                        f"--overwrite kept {len(kept)} file(s) FLOW-DC did not make: "
-                        + ", ".join(kept[:5])
-                        + (", ..." if len(kept) > 5 else "")
+        try:
+            with OutputLock(output):
+                if config.overwrite:
+                    kept = clear_output(output, table.path)
+                    if kept:
+                        echo(
+                            f"--overwrite kept {len(kept)} file(s) FLOW-DC did not make: "
+                            + ", ".join(kept[:5])
+                            + (", ..." if len(kept) > 5 else "")
+                        )
+                plan = Plan.load(output)
+                if plan is None and config.retry_failed:
+                    raise FlowDCError(
+                        f"--retry_failed: {output} holds no earlier FLOW-DC run to retry; run the "
+                        f"download without --retry_failed first"
                     )
-            plan = Plan.load(output)
-            if plan is None and config.retry_failed:
-                raise FlowDCError(
-                    f"--retry_failed: {output} holds no earlier FLOW-DC run to retry; run the "
-                    f"download without --retry_failed first"
-                )
-            if plan is not None:
-                check_plan_matches(plan, config, table)
-                return _run_plan(plan, config, echo)
-            pool = _early_workers(config, table)
-            try:
-                echo(f"planning {config.input} ...")
-                plan = make_plan(config, table, source=_source(config))
-                echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
-                for note in table.notes:
-                    echo(note)
-                return _run_plan(plan, config, echo, pool=pool)
-            finally:
-                if pool is not None:
-                    pool.stop()  # at once, when planning failed; else they are done already
+                if plan is not None:
+                    check_plan_matches(plan, config, table)
+                    return _run_plan(plan, config, echo)
+                pool = _early_workers(config, table)
+                try:
+                    echo(f"planning {config.input} ...")
+                    plan = make_plan(config, table, source=_source(config))
+                    echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
+                    for note in table.notes:
+                        echo(note)
+                    return _run_plan(plan, config, echo, pool=pool)
+                finally:
+                    if pool is not None:
+                        pool.stop()  # at once, when planning failed; else they are done already
+        except FlowDCError:
+            remove_if_unused(output, made_here)  # a bad input leaves nothing behind
+            raise
 
 
 def _early_workers(config: DownloadConfig, table: InputTable) -> WorkerPool | None:
@@ -240,7 +261,9 @@ def _run_plan(
     show_progress = (
         config.progress if config.progress is not None else sys.stderr.isatty() or in_notebook()
     )
-    bar = _ProgressBar(sum(rows_to_run.values()), show_progress)
+    bar = _ProgressBar(
+        sum(rows_to_run.values()), show_progress, echo if config.progress is None else None
+    )
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
     results: list[ShardResult] = []

@@ -58,6 +58,15 @@ def check_output(output: Path) -> None:
             raise FlowDCError(f"cannot create output folder {output}: {exc.strerror}") from None
 
 
+def remove_if_unused(output: Path, made_here: bool) -> None:
+    """After a run that stopped before writing anything: its lock file goes, and the folder too
+    when this run made it."""
+    if output.is_dir() and not _entries(output):
+        (output / LOCK_FILE).unlink(missing_ok=True)
+        if made_here:
+            output.rmdir()
+
+
 def _entries(output: Path) -> list[Path]:
     return [entry for entry in output.iterdir() if entry.name != LOCK_FILE]
 
