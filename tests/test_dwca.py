@@ -33,14 +33,12 @@ from flowdc.licenses import LicenseFilter, canonical, split_filter
 from flowdc.testserver import ImageServer
 from tests.conftest import run_cli
 
-# ../shared/data beside the project (a git worktree of it sits one folder deeper)
+# ../shared/data beside the project (a git worktree of it sits one folder deeper), or the
+# workplace's shared folder when the checkout is elsewhere (a CI clone in /tmp)
 _ROOT = Path(__file__).resolve().parents[1]
+_PLACES = [p / "shared" / "data" for p in _ROOT.parents[:2]] + [Path("/work/shared/data")]
 REAL_ARCHIVE = next(
-    (
-        path
-        for path in (p / "shared" / "data" / "gbif_dwca_mnhn.zip" for p in _ROOT.parents[:2])
-        if path.is_file()
-    ),
+    (path for path in (p / "gbif_dwca_mnhn.zip" for p in _PLACES) if path.is_file()),
     _ROOT.parent / "shared" / "data" / "gbif_dwca_mnhn.zip",
 )
 BY = "https://creativecommons.org/licenses/by/4.0/"
