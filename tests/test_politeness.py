@@ -166,6 +166,25 @@ def test_opt_out_headers_are_honoured(policed: ImageServer, tmp_path: Path) -> N
     assert {r["status"] for r in read_results(tmp_path / "all")} == {"success"}
 
 
+@pytest.mark.policies({HOST_A: HostPolicy(rate=2, retry_after=2)})
+def test_the_time_retry_after_held_a_host_is_in_stats_overview_and_report(
+    policed: ImageServer, tmp_path: Path
+) -> None:
+    """A run that crawls because a host keeps saying Retry-After says so afterwards."""
+    rows = [{"url": policed.url(f"/img/{i}.jpg")} for i in range(12)]
+    input_path = write_csv(tmp_path / "in.csv", rows)
+    output = tmp_path / "out"
+    assert_ok(download(input_path, output, "--rate_limit", "20", "--max_retry_attempts", "8"))
+    answered = statuses(policed, HOST_A)
+    assert answered.count(429) >= 1
+    held = json.loads((output / "00000_stats.json").read_text())["hosts"][HOST_A]["held_seconds"]
+    # each 429 holds the host 2 s from its answer; holds that overlap count once
+    assert 2.0 <= held <= 2.0 * answered.count(429) + 0.5
+    per_host = json.loads((output / "overview.json").read_text())["per_host"]
+    assert per_host[HOST_A]["limiter"]["held_seconds"] == pytest.approx(held, abs=0.01)
+    assert "held s (Retry-After)" in (output / "report.html").read_text()
+
+
 def test_user_agent_names_flowdc_and_the_contact(policed: ImageServer, tmp_path: Path) -> None:
     input_path = write_csv(tmp_path / "in.csv", [{"url": policed.url("/img/1.jpg")}])
     assert_ok(download(input_path, tmp_path / "out", "--contact", "lab@example.org"))

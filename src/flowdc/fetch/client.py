@@ -327,7 +327,10 @@ class Fetcher:
             host.rate.on_throttle(sent_at, now)
             if failure.retry_after is not None:
                 wait = min(failure.retry_after, MAX_RETRY_AFTER_SECONDS)
-                host.blocked_until = max(host.blocked_until, now + wait)
+                held_until = max(host.blocked_until, now)
+                if now + wait > held_until:
+                    figures.held_seconds += now + wait - held_until
+                    host.blocked_until = now + wait
         elif failure.http_status is not None:
             host.rate.on_success()  # a 404 is a healthy answer
         figures.rate = host.rate.rate

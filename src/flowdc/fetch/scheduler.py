@@ -34,7 +34,15 @@ KEEP_HOSTS = 4096
 millions of hosts); a host that throttled or slowed down keeps what was learnt of it."""
 
 
-LIMITER_COUNTS = ("requests", "successes", "throttled", "latency_sum", "unavailable", "marked_down")
+LIMITER_COUNTS = (
+    "requests",
+    "successes",
+    "throttled",
+    "latency_sum",
+    "unavailable",
+    "marked_down",
+    "held_seconds",
+)
 """HostFigures that add up over passes and shards (the others are the latest or the highest)."""
 
 
@@ -51,6 +59,8 @@ class HostFigures:
     unavailable: int = 0
     """Jobs failed at once because the host was marked down."""
     marked_down: int = 0
+    held_seconds: float = 0.0
+    """Seconds the host's Retry-After answers added to its hold (a slow run explains itself)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +73,7 @@ class HostFigures:
             "concurrency": self.concurrency,
             "unavailable": self.unavailable,
             "marked_down": self.marked_down,
+            "held_seconds": round(self.held_seconds, 3),
         }
 
 

@@ -362,6 +362,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
             f["retries"],
             f"{f['mean_seconds_per_row']:.3f}",
             (f.get("limiter") or {}).get("throttled", ""),
+            round((f.get("limiter") or {}).get("held_seconds", 0)),
             (f.get("limiter") or {}).get("rate", ""),
         ]
         for host, f in list(hosts.items())[:50]
@@ -378,6 +379,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
                 "retries",
                 "mean s/row",
                 "throttled",
+                "held s (Retry-After)",
                 "rate req/s",
             ],
             host_rows,
