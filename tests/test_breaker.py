@@ -280,6 +280,9 @@ def test_download_lists_hosts_down_and_retry_failed_takes_their_rows(
     assert overview["per_host"][DEAD]["unavailable"] == 240
     report = (output / "report.html").read_text()
     assert "Hosts marked down" in report and DEAD in report
+    first = run_cli("download", *common)  # finished: says it again, from the overview
+    assert f"hosts marked down (no answer): {DEAD} (240 URLs)" in first.stdout
+    assert "--retry_failed" in first.stdout
 
     server.policies[DEAD].silent = False
     done = run_cli("download", *common, "--retry_failed")

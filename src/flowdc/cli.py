@@ -232,6 +232,18 @@ def _print_summary(summary: Any) -> None:
     breakdown = summary.overview.get("error_breakdown") or {}
     if breakdown:
         print("failures: " + ", ".join(f"{k} {v:,}" for k, v in breakdown.items()))
+    down = {
+        host: figures["urls_unavailable"]
+        for host, figures in (summary.overview.get("hosts_down") or {}).items()
+        if figures["urls_unavailable"]
+    }
+    if down:
+        named = ", ".join(f"{host} ({count:,} URLs)" for host, count in list(down.items())[:5])
+        more = f" and {len(down) - 5:,} more" if len(down) > 5 else ""
+        print(
+            f"hosts marked down (no answer): {named}{more}; when they are back, run the same "
+            "command with --retry_failed"
+        )
     for shard, message in sorted(summary.shard_errors.items()):
         print(f"shard {shard} failed: {message}", file=sys.stderr)
     if summary.shard_errors:
