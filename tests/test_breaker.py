@@ -11,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from aiohttp.abc import AbstractResolver
 
-from flowdc.config import build_config
 from flowdc.fetch.breaker import Breaker, BreakerSettings
 from flowdc.fetch.client import Fetcher, FetchResult, parse_url
 from flowdc.status import HOST_UNAVAILABLE, INVALID_URL, SUCCESS
 from flowdc.testserver import HostPolicy, HostsTable, ImageServer
 from tests.conftest import run_cli
 from tests.test_e2e import assert_ok, read_results, write_csv
+from tests.test_fetch import with_fetcher
 
 DEAD, ALIVE = "127.0.0.7", "127.0.0.8"
+T = TypeVar("T")
 
 
 # -- the breaker's arithmetic ------------------------------------------------------------------
@@ -93,19 +95,22 @@ def dead_and_alive(images: dict[str, bytes]) -> Iterator[ImageServer]:
         yield server
 
 
-def make_fetcher_config(**options: Any):
-    values: dict[str, Any] = {
-        "input": "x",
-        "output": "y",
-        "retry_backoff_sec": 0.05,
-        "timeout": 1,
-        "processes": 1,
-        "enable_rate_limiting": False,
-        "host_failure_threshold": 3,
-        "host_cooldown": 30,
-    }
-    values.update(options)
-    return build_config(overrides=values)
+BREAKER_SETTINGS: dict[str, Any] = {
+    "retry_backoff_sec": 0.05,
+    "timeout": 1,
+    "host_failure_threshold": 3,
+    "host_cooldown": 30,
+}
+
+
+def with_breaker_fetcher(
+    work: Callable[[Fetcher], Awaitable[T]],
+    concurrency: int | None = None,
+    resolver: AbstractResolver | None = None,
+    **options: Any,
+) -> T:
+    """test_fetch's with_fetcher, on settings that make a dead host cost seconds, not minutes."""
+    return with_fetcher(work, concurrency, resolver, **{**BREAKER_SETTINGS, **options})
 
 
 async def fetch_urls(fetcher: Fetcher, urls: list[str]) -> list[FetchResult]:
@@ -118,18 +123,13 @@ def test_a_host_that_never_answers_costs_a_few_timeouts_not_hundreds(
     server = dead_and_alive
     dead = [server.url(f"/img/{i % 40}.jpg", host=0) for i in range(300)]
     alive = [server.url(f"/img/{i % 40}.jpg", host=1) for i in range(100)]
-    config = make_fetcher_config()
 
-    async def main() -> tuple[list[FetchResult], float, float]:
-        fetcher = Fetcher(config, concurrency=32)
+    async def work(fetcher: Fetcher) -> tuple[list[FetchResult], float, Breaker]:
         started = time.monotonic()
-        try:
-            results = await fetch_urls(fetcher, dead + alive)
-            return results, time.monotonic() - started, fetcher.scheduler.hosts[DEAD].breaker
-        finally:
-            await fetcher.close()
+        results = await fetch_urls(fetcher, dead + alive)
+        return results, time.monotonic() - started, fetcher.scheduler.hosts[DEAD].breaker
 
-    results, seconds, breaker = asyncio.run(main())
+    results, seconds, breaker = with_breaker_fetcher(work, concurrency=32)
     assert [r.status for r in results[300:]] == [SUCCESS] * 100
     dead_results = results[:300]
     assert {r.status for r in dead_results} == {HOST_UNAVAILABLE}
@@ -148,52 +148,42 @@ def test_a_host_that_comes_back_after_its_cooldown_is_reopened(
 ) -> None:
     server = dead_and_alive
     urls = [server.url(f"/img/{i}.jpg", host=0) for i in range(20)]
-    config = make_fetcher_config(host_cooldown=1.5, host_failure_threshold=2)
 
-    async def main() -> None:
-        fetcher = Fetcher(config, concurrency=8)
-        try:
-            first = await fetch_urls(fetcher, urls)
-            assert {r.status for r in first} == {HOST_UNAVAILABLE}
-            breaker = fetcher.scheduler.hosts[DEAD].breaker
-            server.policies[DEAD].silent = False  # it comes back
-            during = await fetch_urls(fetcher, urls[:5])  # still cooling: nothing is sent
-            assert {r.status for r in during} == {HOST_UNAVAILABLE}
-            hits = server.hits_on(DEAD)
-            await asyncio.sleep(max(0.0, breaker.reopen_at - time.monotonic()) + 0.1)
-            after = await fetch_urls(fetcher, urls)
-            assert [r.status for r in after] == [SUCCESS] * 20
-            assert not breaker.tripped
-            assert server.hits_on(DEAD) - hits == 20  # the probe and the rest, nothing refused
-        finally:
-            await fetcher.close()
+    async def work(fetcher: Fetcher) -> None:
+        first = await fetch_urls(fetcher, urls)
+        assert {r.status for r in first} == {HOST_UNAVAILABLE}
+        breaker = fetcher.scheduler.hosts[DEAD].breaker
+        server.policies[DEAD].silent = False  # it comes back
+        during = await fetch_urls(fetcher, urls[:5])  # still cooling: nothing is sent
+        assert {r.status for r in during} == {HOST_UNAVAILABLE}
+        hits = server.hits_on(DEAD)
+        await asyncio.sleep(max(0.0, breaker.reopen_at - time.monotonic()) + 0.1)
+        after = await fetch_urls(fetcher, urls)
+        assert [r.status for r in after] == [SUCCESS] * 20
+        assert not breaker.tripped
+        assert server.hits_on(DEAD) - hits == 20  # the probe and the rest, nothing refused
 
-    asyncio.run(main())
+    with_breaker_fetcher(work, concurrency=8, host_cooldown=1.5, host_failure_threshold=2)
 
 
 def test_a_failed_probe_keeps_the_host_down_for_longer(dead_and_alive: ImageServer) -> None:
     server = dead_and_alive
     urls = [server.url(f"/img/{i}.jpg", host=0) for i in range(10)]
-    config = make_fetcher_config(host_cooldown=0.5, host_failure_threshold=2)
 
-    async def main() -> None:
-        fetcher = Fetcher(config, concurrency=8)
-        try:
-            await fetch_urls(fetcher, urls)
-            breaker = fetcher.scheduler.hosts[DEAD].breaker
-            await asyncio.sleep(max(0.0, breaker.reopen_at - time.monotonic()) + 0.05)
-            before = server.hits_on(DEAD)
-            started = time.monotonic()
-            again = await fetch_urls(fetcher, urls)
-            assert {r.status for r in again} == {HOST_UNAVAILABLE}
-            assert server.hits_on(DEAD) - before == 1  # one probe, then refusals
-            assert time.monotonic() - started < 2.5  # the probe's timeout, not ten of them
-            assert breaker.times_opened == 2
-            assert breaker.reopen_at - breaker.opened_at == pytest.approx(1.0)
-        finally:
-            await fetcher.close()
+    async def work(fetcher: Fetcher) -> None:
+        await fetch_urls(fetcher, urls)
+        breaker = fetcher.scheduler.hosts[DEAD].breaker
+        await asyncio.sleep(max(0.0, breaker.reopen_at - time.monotonic()) + 0.05)
+        before = server.hits_on(DEAD)
+        started = time.monotonic()
+        again = await fetch_urls(fetcher, urls)
+        assert {r.status for r in again} == {HOST_UNAVAILABLE}
+        assert server.hits_on(DEAD) - before == 1  # one probe, then refusals
+        assert time.monotonic() - started < 2.5  # the probe's timeout, not ten of them
+        assert breaker.times_opened == 2
+        assert breaker.reopen_at - breaker.opened_at == pytest.approx(1.0)
 
-    asyncio.run(main())
+    with_breaker_fetcher(work, concurrency=8, host_cooldown=0.5, host_failure_threshold=2)
 
 
 def test_a_name_that_does_not_resolve_is_looked_up_once(dead_and_alive: ImageServer) -> None:
@@ -203,18 +193,12 @@ def test_a_name_that_does_not_resolve_is_looked_up_once(dead_and_alive: ImageSer
     good = [f"http://museum.test:{port}/img/{i}.jpg" for i in range(30)]
     gone = [f"http://herbarium-gone.test:{port}/img/{i}.jpg" for i in range(200)]
 
+    async def work(fetcher: Fetcher) -> tuple[list[FetchResult], float]:
+        started = time.monotonic()
+        return await fetch_urls(fetcher, gone + good), time.monotonic() - started
+
     def run(**options: Any) -> tuple[list[FetchResult], float]:
-        config = make_fetcher_config(**options)
-
-        async def main() -> tuple[list[FetchResult], float]:
-            fetcher = Fetcher(config, concurrency=16, resolver=table)
-            started = time.monotonic()
-            try:
-                return await fetch_urls(fetcher, gone + good), time.monotonic() - started
-            finally:
-                await fetcher.close()
-
-        return asyncio.run(main())
+        return with_breaker_fetcher(work, concurrency=16, resolver=table, **options)
 
     results, seconds = run()
     assert [r.status for r in results[200:]] == [SUCCESS] * 30
@@ -233,17 +217,9 @@ def test_a_name_that_does_not_resolve_is_looked_up_once(dead_and_alive: ImageSer
 
 
 def test_an_overlong_host_name_fails_its_row_not_the_shard(dead_and_alive: ImageServer) -> None:
-    config = make_fetcher_config()
     bad = "http://" + "a" * 64 + ".test/x.jpg"
-
-    async def main() -> list[FetchResult]:
-        fetcher = Fetcher(config)
-        try:
-            return await fetch_urls(fetcher, [bad, dead_and_alive.url("/img/1.jpg", host=1)])
-        finally:
-            await fetcher.close()
-
-    results = asyncio.run(main())
+    urls = [bad, dead_and_alive.url("/img/1.jpg", host=1)]
+    results = with_breaker_fetcher(lambda fetcher: fetch_urls(fetcher, urls))
     assert [r.status for r in results] == [INVALID_URL, SUCCESS]
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp.abc import AbstractResolver
 from PIL import Image
 
 from flowdc.config import build_config
@@ -39,12 +40,15 @@ def make_config(**overrides: Any):
 
 
 def with_fetcher(
-    work: Callable[[Fetcher], Awaitable[T]], concurrency: int | None = None, **overrides: Any
+    work: Callable[[Fetcher], Awaitable[T]],
+    concurrency: int | None = None,
+    resolver: AbstractResolver | None = None,
+    **overrides: Any,
 ) -> T:
     """Run `work(fetcher)` in a fresh event loop with a Fetcher made inside it, then close it."""
 
     async def main() -> T:
-        fetcher = Fetcher(make_config(**overrides), concurrency=concurrency)
+        fetcher = Fetcher(make_config(**overrides), concurrency=concurrency, resolver=resolver)
         try:
             return await work(fetcher)
         finally:
