@@ -109,12 +109,13 @@ def _made_by_flowdc(name: str) -> bool:
         PLAN_META, PLAN_TABLE, DEDUPE_FILE, f"{DEDUPE_FILE}-journal", f"{DEDUPE_FILE}-wal",
         f"{DEDUPE_FILE}-shm",
     }  # fmt: skip
-    base = name.split(TEMP_MARK)[0].lstrip(".") if TEMP_MARK in name else name
-    return name in fixed or f".{base}" in fixed or base in fixed or bool(_SHARD_FILE.match(base))
+    # a temporary name is "." + the final name + TEMP_MARK + a random suffix (temp_name)
+    final = name[1 : name.index(TEMP_MARK)] if TEMP_MARK in name else name
+    return final in fixed or bool(_SHARD_FILE.match(final))
 
 
 _SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.parquet|_stats\.json|\.journal)$")
-_SAMPLE_FILE = re.compile(r"^\.?\d{5,}\.[A-Za-z0-9]{1,5}(\.tmp-.*)?$")
+_SAMPLE_FILE = re.compile(rf"^\.?\d{{5,}}\.[A-Za-z0-9]{{1,5}}({re.escape(TEMP_MARK)}.*)?$")
 
 
 def _clear_class_folder(folder: Path) -> list[str]:
