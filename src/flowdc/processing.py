@@ -117,7 +117,6 @@ def process_image(data: bytes, options: Options, expected_sha256: str | None = N
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         header = inspect_header(data, options.max_image_area)
         _check_shape(header.width, header.height, options)
-        image = header.image
         may_decode = options.resize_mode != "no" or options.encode_format is not None
         orientation = header.orientation if may_decode else None
         width, height = header.width, header.height
@@ -137,7 +136,7 @@ def process_image(data: bytes, options: Options, expected_sha256: str | None = N
                     out, extension = to_png(data), "png"
                 width, height = header.width, header.height
             else:
-                out = _transform(image, target, orientation, options, encode)
+                out = _transform(header.image, target, orientation, options, encode)
                 extension, (width, height) = encode, target
         except ImageRejected:
             raise
@@ -146,7 +145,7 @@ def process_image(data: bytes, options: Options, expected_sha256: str | None = N
                 NOT_AN_IMAGE, f"cannot decode image: {type(exc).__name__}: {exc}"
             ) from None
         finally:
-            image.close()
+            header.close()
     return Processed(
         data=out,
         extension=extension,
