@@ -8,13 +8,13 @@ Keys are short ASCII names, so ustar fits them.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tarfile
 import time
 from pathlib import Path
 
 from flowdc.storage import temp_name
+from flowdc.writers.direct import AppendFile
 
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
@@ -46,8 +46,7 @@ class TarShardWriter:
     def __init__(self, output: Path, shard: int) -> None:
         self.final_path = output / f"{shard:05d}.tar"
         self.tmp_path = output / temp_name(self.final_path.name)
-        self._file = open(self.tmp_path, "wb", buffering=0)
-        fcntl.lockf(self._file, fcntl.LOCK_EX)  # tells a concurrent attempt it is in use
+        self._file = AppendFile(self.tmp_path)  # around the page cache where it can
         self._mtime = int(time.time())
 
     def _member(self, parts: list[bytes], name: str, data: bytes) -> None:
@@ -89,19 +88,17 @@ class TarShardWriter:
                 self._write(raw.read(end - member.offset))
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:  # an unbuffered write may take less than all
-            view = view[self._file.write(view) :]
+        self._file.write(data)
 
     def commit(self) -> None:
         end = 2 * _BLOCK  # two zero blocks end the archive; the file fills whole records
-        end += -(self._file.tell() + end) % _RECORD
+        end += -(self._file.size + end) % _RECORD
         self._write(b"\0" * end)
         self._file.close()
         os.replace(self.tmp_path, self.final_path)
 
     def abort(self) -> None:
         try:
-            self._file.close()  # may fail again, e.g. on a full disk
+            self._file.discard()
         finally:
             self.tmp_path.unlink(missing_ok=True)
