@@ -208,13 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _download(args: argparse.Namespace) -> int:
+def _download(args: argparse.Namespace, standalone: bool) -> int:
+    """`standalone`: this process is the `flowdc` program, not a caller of main()."""
     from flowdc.runner import run_download
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     file_values = read_config_file(args.config) if args.config else None
     source = "command line" if not args.config else f"{args.config} and the command line"
     config = build_config(file_values, options, source=source)
+    if standalone and config.engine == "local":  # nothing here will hold a pandas object
+        from flowdc.engines.local import without_pandas
+
+        without_pandas()
     summary = run_download(config)
     _print_summary(summary)
     return 1 if summary.shard_errors else 0
@@ -269,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "download":
-            return _download(args)
+            return _download(args, standalone=argv is None)
         if args.command == "demo":
             from flowdc.demo import run_demo
 

@@ -10,6 +10,7 @@ Workers report progress and finished shards on a result queue; they exit when th
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import multiprocessing as mp
 import os
@@ -60,7 +61,7 @@ def _install_event_loop_policy() -> None:
 
 
 class _NoPandas:
-    """An import finder that refuses pandas (see _without_pandas)."""
+    """An import finder that refuses pandas (see without_pandas)."""
 
     @staticmethod
     def find_spec(name: str, path: Any = None, target: Any = None) -> None:
@@ -68,12 +69,25 @@ class _NoPandas:
             raise ModuleNotFoundError("pandas is not imported in a worker", name=name)
 
 
-def _without_pandas() -> None:
+def without_pandas() -> None:
     """pyarrow imports pandas (0.3-0.5 s, a quarter of a worker's start-up) the first time it
     builds an array, only to ask whether its input is a pandas object. A worker never holds one,
-    so the import is made to fail at once: pyarrow then works without pandas."""
+    nor does the `flowdc download` command's own process on the local engine (it did the import
+    while planning, before the workers could start), so the import is made to fail at once there:
+    pyarrow then works without pandas. Never in a program that imports FLOW-DC (it may want
+    pandas later), nor under Dask (its dashboard may)."""
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _NoPandas())
+
+
+def _tune_garbage_collector() -> None:
+    """The imports' objects live as long as the worker: frozen, the collector stops walking
+    them. A download makes dozens of short-lived objects, so young collections run every 20,000
+    allocations instead of 700 (each costs about the same either way): a worker's collections
+    took 0.14-0.22 s of a 10,000-image run, now 0.06-0.13 s."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    gc.enable()
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -93,10 +107,12 @@ def _worker_main(
     """Entry point of a worker process. It imports what it needs, then waits for its first task
     (shard, rows, processes sharing the machine's limits, the plan's folder)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
-    _without_pandas()
+    gc.disable()  # the imports make only objects that live on; collections there find nothing
+    without_pandas()
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     _install_event_loop_policy()
     importlib.import_module("flowdc.remote")  # the shard's modules, while the parent plans
+    _tune_garbage_collector()
 
     config = DownloadConfig(**config_data)
     first = tasks.get()

@@ -48,12 +48,18 @@ class AppendFile:
         self._held = 0  # bytes waiting in the buffer
         self.size = 0  # bytes appended so far
 
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        self.size += len(view)
+    def write(self, *parts: bytes) -> None:
+        """Append the parts, in order, without joining them first (that is a copy of each)."""
         if self._buffer is None:
-            _write_all(self.fd, view)
+            self.size += sum(map(len, parts))
+            _write_parts(self.fd, parts)
             return
+        for part in parts:
+            self._gather(memoryview(part))
+
+    def _gather(self, view: memoryview) -> None:
+        self.size += len(view)
+        assert self._buffer is not None
         while view:
             room = min(BUFFER_BYTES - self._held, len(view))
             self._buffer[self._held : self._held + room] = view[:room]
@@ -109,3 +115,14 @@ class AppendFile:
 def _write_all(fd: int, view: memoryview) -> None:
     while view:  # a write may take less than all
         view = view[os.write(fd, view) :]
+
+
+def _write_parts(fd: int, parts: tuple[bytes, ...]) -> None:
+    """One writev for all the parts; what a short write left goes part by part."""
+    done = os.writev(fd, parts) if parts else 0
+    for part in parts:
+        if done >= len(part):
+            done -= len(part)
+            continue
+        _write_all(fd, memoryview(part)[done:])
+        done = 0

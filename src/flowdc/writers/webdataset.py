@@ -1,9 +1,10 @@
 """WebDataset output: OUTPUT/{shard:05d}.tar, each sample's members consecutive under its key.
 
-A sample's members are built as plain ustar entries (header, bytes, padding) and written with one
-system call: tarfile's own `addfile` copies each body in 16 KiB pieces and builds PAX headers, and
-on virtual machines where a write costs more than its bytes, the number of calls is what counts.
-Keys are short ASCII names, so ustar fits them.
+A sample's members are built as plain ustar entries (header, bytes, padding) and handed to the
+file as parts, never joined (a join is a copy of the image): the file gathers them for its next
+direct write, or writes them with one writev. tarfile's own `addfile` copies each body in 16 KiB
+pieces and builds PAX headers, and on virtual machines where a system call costs more than its
+bytes, the number of calls is what counts. Keys are short ASCII names, so ustar fits them.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class TarShardWriter:
             self._member(parts, f"{key}.cls", str(class_index).encode())
         if label is not None:
             self._member(parts, f"{key}.txt", label.encode("utf-8"))
-        self._write(b"".join(parts))
+        self._file.write(*parts)
         return image_name
 
     def copy_samples(self, source: Path, skip_keys: set[str]) -> None:
@@ -85,15 +86,12 @@ class TarShardWriter:
                     continue
                 raw.seek(member.offset)
                 end = member.offset_data + member.size + (-member.size % _BLOCK)
-                self._write(raw.read(end - member.offset))
-
-    def _write(self, data: bytes) -> None:
-        self._file.write(data)
+                self._file.write(raw.read(end - member.offset))
 
     def commit(self) -> None:
         end = 2 * _BLOCK  # two zero blocks end the archive; the file fills whole records
         end += -(self._file.size + end) % _RECORD
-        self._write(b"\0" * end)
+        self._file.write(b"\0" * end)
         self._file.close()
         os.replace(self.tmp_path, self.final_path)
 
