@@ -51,7 +51,7 @@ class _Gated:
 
 def test_a_full_queue_makes_put_wait_without_blocking_the_loop() -> None:
     writer = _Gated()
-    writes = BackgroundWriter(writer, "test-writer", limit=2)
+    writes = BackgroundWriter(writer, "test-writer", limit=3)
 
     async def main() -> list[str]:
         ticks: list[str] = []
@@ -62,7 +62,7 @@ def test_a_full_queue_makes_put_wait_without_blocking_the_loop() -> None:
                 await asyncio.sleep(0.01)
 
         tick_task = asyncio.create_task(ticker())
-        for i in range(3):  # one taken by the thread (waiting at the gate), two queued
+        for i in range(3):  # the thread waits at the gate with the first; three held in all
             await writes.put({}, str(i))
         fourth = asyncio.create_task(writes.put({}, "3"))
         await asyncio.sleep(0.1)

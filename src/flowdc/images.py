@@ -68,7 +68,7 @@ class Header:
     @property
     def image(self) -> Image.Image:
         if self._image is None:
-            self._image = Image.open(io.BytesIO(self.data))
+            self._image = open_quietly(self.data)
         return self._image
 
     def close(self) -> None:
@@ -107,9 +107,7 @@ def inspect_header(data: bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS or 0) -
 
 def _pillow_header(data: bytes, max_pixels: int) -> Header:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = open_quietly(data)
         width, height = image.size
         fmt = image.format or "UNKNOWN"
         mode = image.mode
@@ -131,6 +129,15 @@ def _pillow_header(data: bytes, max_pixels: int) -> Header:
         image.close()
         raise
     return Header(data, fmt, _EXTENSION.get(fmt, fmt.lower()), width, height, mode, image)
+
+
+def open_quietly(data: bytes) -> Image.Image:
+    """Pillow's lazy open, without its DecompressionBombWarning: max_image_area is the limit
+    here, checked on the header (catch_warnings costs more than the open of a small header,
+    so it is not set around every image)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
 
 
 def _check_area(width: int, height: int, max_pixels: int) -> None:
@@ -214,7 +221,7 @@ def _is_cut_short(fmt: str, data: bytes) -> bool:
 
 def to_png(data: bytes) -> bytes:
     """The first frame as PNG, for formats a loader cannot read (GIF, ICO, ... in ImageFolder)."""
-    with Image.open(io.BytesIO(data)) as image:
+    with open_quietly(data) as image:
         image.seek(0)
         frame = image.convert(
             "RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB"

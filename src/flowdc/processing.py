@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import sqlite3
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,39 +112,37 @@ def process_image(data: bytes, options: Options, expected_sha256: str | None = N
         raise ImageRejected(
             HASH_MISMATCH, f"sha256 {digest} differs from the expected {expected_sha256.strip()}"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        header = inspect_header(data, options.max_image_area)
-        _check_shape(header.width, header.height, options)
-        may_decode = options.resize_mode != "no" or options.encode_format is not None
-        orientation = header.orientation if may_decode else None
-        width, height = header.width, header.height
-        if orientation in _SWAPS_SIDES:
-            width, height = height, width
-        target = target_size(width, height, options)
-        encode = options.encode_format or _ENCODABLE.get(header.format, "png")
-        changed = (
-            target != (width, height)
-            or (options.resize_mode != "no" and orientation not in (None, 1))
-            or (options.encode_format is not None and _ENCODABLE.get(header.format) != encode)
-        )
-        try:
-            if not changed:
-                extension, out = header.extension, data
-                if options.imagefolder and extension not in TORCHVISION_EXTENSIONS:
-                    out, extension = to_png(data), "png"
-                width, height = header.width, header.height
-            else:
-                out = _transform(header.image, target, orientation, options, encode)
-                extension, (width, height) = encode, target
-        except ImageRejected:
-            raise
-        except Exception as exc:  # a body whose header parsed but whose pixels do not
-            raise ImageRejected(
-                NOT_AN_IMAGE, f"cannot decode image: {type(exc).__name__}: {exc}"
-            ) from None
-        finally:
-            header.close()
+    header = inspect_header(data, options.max_image_area)
+    _check_shape(header.width, header.height, options)
+    may_decode = options.resize_mode != "no" or options.encode_format is not None
+    orientation = header.orientation if may_decode else None
+    width, height = header.width, header.height
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    target = target_size(width, height, options)
+    encode = options.encode_format or _ENCODABLE.get(header.format, "png")
+    changed = (
+        target != (width, height)
+        or (options.resize_mode != "no" and orientation not in (None, 1))
+        or (options.encode_format is not None and _ENCODABLE.get(header.format) != encode)
+    )
+    try:
+        if not changed:
+            extension, out = header.extension, data
+            if options.imagefolder and extension not in TORCHVISION_EXTENSIONS:
+                out, extension = to_png(data), "png"
+            width, height = header.width, header.height
+        else:
+            out = _transform(header.image, target, orientation, options, encode)
+            extension, (width, height) = encode, target
+    except ImageRejected:
+        raise
+    except Exception as exc:  # a body whose header parsed but whose pixels do not
+        raise ImageRejected(
+            NOT_AN_IMAGE, f"cannot decode image: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        header.close()
     return Processed(
         data=out,
         extension=extension,

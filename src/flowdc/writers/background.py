@@ -1,10 +1,13 @@
 """One thread per shard that writes its samples in order, so the event loop never waits for disk.
 
-The loop only queues a sample (a lock and a wake-up); it does not wait for each write to finish,
-which took a thread pool's future and a call back into the loop per image (about 5% of the loop).
-The thread fills in each record's `path` itself; the records are read only after `close`. The
-queue is bounded: when the disk falls behind, `put` waits for room, so memory stays bounded. A
-failed write (a full disk) is raised by the next `put` and by `close`; later samples are dropped.
+The loop does not wait for each write to finish (a thread pool's future and a call back into the
+loop per image cost about 5% of the loop), nor does it wake the thread for each sample: handing
+one over took a lock, a condition and a wake-up, 6% of the loop's samples in a profile. Samples
+are gathered and handed over in batches, at the end of the loop's turn or every BATCH samples.
+The thread fills in each record's `path` itself; the records are read only after `close`.
+At most `limit` samples are held (gathered, queued or being written): when the disk falls
+behind, `put` waits for room without holding up the loop, so memory stays bounded. A failed
+write (a full disk) is raised by the next `put` and by `close`; later samples are dropped.
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ from typing import Any
 from flowdc.writers import SampleWriter
 
 QUEUE_LIMIT = 64
-"""Samples waiting for the thread at most (each holds its image's bytes: about 10 MB)."""
+"""Samples held at most (each holds its image's bytes: about 10 MB in all)."""
+BATCH = 16
+"""Samples handed to the thread at once at most."""
+
+_Sample = tuple[dict[str, Any], tuple[Any, ...]]
 
 
 class BackgroundWriter:
     def __init__(self, writer: SampleWriter, name: str, limit: int = QUEUE_LIMIT) -> None:
         self.writer = writer
         self.error: BaseException | None = None
-        self._queue: queue.Queue[tuple[dict[str, Any], tuple[Any, ...]] | None] = queue.Queue(limit)
+        self._room = threading.Semaphore(limit)
+        self._queue: queue.SimpleQueue[list[_Sample] | None] = queue.SimpleQueue()
+        self._gathered: list[_Sample] = []
+        self._hand_over_planned = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._closed = False
@@ -33,13 +43,24 @@ class BackgroundWriter:
         """Queue `writer.add(*args)`; the thread sets record["path"] to what it returns."""
         if self.error is not None:
             raise self.error
-        try:
-            self._queue.put_nowait((record, args))
-        except queue.Full:  # the disk is behind: wait for room without holding up the loop
-            await asyncio.get_running_loop().run_in_executor(None, self._queue.put, (record, args))
+        if not self._room.acquire(blocking=False):  # the disk is behind: wait for room
+            self._hand_over()
+            await asyncio.get_running_loop().run_in_executor(None, self._room.acquire)
+        self._gathered.append((record, args))
+        if len(self._gathered) >= BATCH:
+            self._hand_over()
+        elif not self._hand_over_planned:
+            self._hand_over_planned = True
+            asyncio.get_running_loop().call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._hand_over_planned = False
+        if self._gathered:
+            batch, self._gathered = self._gathered, []
+            self._queue.put(batch)
 
     def close(self) -> None:
-        """Wait until every queued sample is written; raise the first write error."""
+        """Wait until every sample is written; raise the first write error."""
         self.stop()
         if self.error is not None:
             raise self.error
@@ -48,19 +69,21 @@ class BackgroundWriter:
         """Wait until the thread is done, raising nothing (a failed shard's own error counts)."""
         if not self._closed:
             self._closed = True
+            self._hand_over()
             self._queue.put(None)
             self._thread.join()
 
     def _run(self) -> None:
         add = self.writer.add
         while True:
-            item = self._queue.get()
-            if item is None:
+            batch = self._queue.get()
+            if batch is None:
                 return
-            if self.error is not None:
-                continue  # drain: the shard fails, nothing more is written
-            record, args = item
-            try:
-                record["path"] = add(*args)
-            except BaseException as exc:
-                self.error = exc
+            for record, args in batch:
+                try:
+                    if self.error is None:  # else drain: the shard fails, nothing more is written
+                        record["path"] = add(*args)
+                except BaseException as exc:
+                    self.error = exc
+                finally:
+                    self._room.release()
