@@ -17,6 +17,7 @@ paths kept; nginx answers every path with the pool image named by the path's las
 from __future__ import annotations
 
 import argparse
+import ctypes
 import io
 import json
 import os
@@ -180,8 +181,46 @@ def _tree_rss(session_id: int) -> tuple[int, float]:
     return rss, cpu
 
 
+def _adopt_orphans() -> None:
+    """Become the reaper of orphaned descendants (Linux's PR_SET_CHILD_SUBREAPER).
+
+    A process that outlives its parent (multiprocessing's fork server, whose children are
+    FLOW-DC's workers, exits after the main process) would otherwise go to init, and its CPU
+    and its children's would be missing from this process's children's rusage."""
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
+def _reap_session(session_id: int, seconds: float = 30.0) -> None:
+    """Wait for the processes of the session that were handed to this process."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if not _in_session(session_id):
+                return
+            time.sleep(0.02)
+
+
+def _in_session(session_id: int) -> bool:
+    """Whether a child of this process (not nginx) is still in the measured session."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[3]) == session_id:
+                return True
+    return False
+
+
 def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run a command in its own session; sample the tree's memory; time it; CPU via rusage."""
+    """Run a command in its own session; sample the tree's memory; time it; CPU via rusage
+    (of every process of the tree: orphans are adopted and waited for)."""
+    _adopt_orphans()
     started = time.monotonic()
     before = os.times()
     errors = tempfile.TemporaryFile()  # a file, not a pipe: a chatty client cannot block on it
@@ -198,6 +237,7 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, 
         peak = max(peak, rss)
         time.sleep(0.05)
     seconds = time.monotonic() - started
+    _reap_session(process.pid)
     after = os.times()
     if process.returncode != 0:
         errors.seek(0)
