@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +26,9 @@ from flowdc.dwca import DwcArchive, is_archive
 from flowdc.errors import FlowDCError
 
 BATCH_ROWS = 65_536
+_CSV_DELIMITERS = (",", ";", "\t", "|")
+_QUOTED = re.compile(r'"[^"]*"')
+_HEADER_NAME = re.compile(r"[A-Za-z_][\w .-]{0,99}")  # a .txt list's column name, not a URL
 
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -170,7 +174,9 @@ class InputTable:
                 return self._csv_header(self._delimiter())
             if self.format == "txt":
                 delimiter = self._txt_delimiter()
-                return self._csv_header(delimiter) if delimiter else ["url"]
+                if delimiter:
+                    return self._csv_header(delimiter)
+                return [self._txt_header() or "url"]
             if self.format in ("xlsx", "xls"):
                 header = next(iter(self._sheet_rows()), None)
                 return _header_names(header or [])
@@ -190,7 +196,14 @@ class InputTable:
         return pa.input_stream(str(self.path), compression="gzip" if self.gzipped else None)
 
     def _delimiter(self) -> str:
-        return "\t" if self.format == "tsv" else ","
+        """Tab for TSV; for CSV the delimiter its header uses most: Excel saves "CSV" with
+        semicolons in many locales, and tab-separated files are often named .csv."""
+        if self.format == "tsv":
+            return "\t"
+        header = _QUOTED.sub("", self._first_line())
+        counts = {delimiter: header.count(delimiter) for delimiter in _CSV_DELIMITERS}
+        best = max(_CSV_DELIMITERS, key=counts.__getitem__)  # the first of equals: "," wins
+        return best if counts[best] else ","
 
     def _first_line(self) -> str:
         with self._open_text() as text:
@@ -208,6 +221,11 @@ class InputTable:
             if delimiter in first:
                 return delimiter
         return None
+
+    def _txt_header(self) -> str | None:
+        """The column name a one-column .txt list starts with (`url`, `photo_url`), if any."""
+        first = self._first_line().strip()
+        return first if _HEADER_NAME.fullmatch(first) else None
 
     def _csv_header(self, delimiter: str) -> list[str]:
         with self._open_text() as text:
@@ -260,11 +278,15 @@ class InputTable:
                 }
             return
         if self.format == "txt":
+            header, name = self._txt_header(), self.column_names()[0]
             with self._open_text() as text:
                 for line in text:
                     url = line.strip()
+                    if url and header is not None:
+                        header = None  # the first line names the column
+                        continue
                     if url:
-                        yield {"url": url}
+                        yield {name: url}
             return
         for row in self._raw_dict_rows():
             yield {key: cell_to_text(value) for key, value in row.items()}

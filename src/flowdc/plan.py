@@ -24,6 +24,7 @@ from flowdc.inputs import InputTable
 from flowdc.labels import folder_names
 from flowdc.licenses import license_column
 from flowdc.storage import TEMP_MARK, atomic_write_text, temp_name
+from flowdc.stored_options import changed_options, stored_options
 
 PLAN_TABLE = ".flowdc-plan.parquet"
 PLAN_META = ".flowdc-plan.json"
@@ -85,6 +86,7 @@ class Plan:
     label_folders: dict[str, str] | None = None
     unlabeled_rows: int = 0
     version: int = PLAN_VERSION
+    settings: dict[str, Any] | None = None  # stored_options.py; None in plans made before it
 
     def __post_init__(self) -> None:
         self._parquet: pq.ParquetFile | None = None
@@ -156,11 +158,14 @@ def check_plan_matches(plan: Plan, config: DownloadConfig, table: InputTable) ->
         "output_format": plan.output_format,
     }
     changed = [name for name in wanted if wanted[name] != have[name]]
-    if changed:
+    if changed or changed_options(plan.settings, config):
         detail = ", ".join(
-            f"{name}"
-            + ("" if name == "input fingerprint" else f" {have[name]!r} -> {wanted[name]!r}")
-            for name in changed
+            [
+                f"{name}"
+                + ("" if name == "input fingerprint" else f" {have[name]!r} -> {wanted[name]!r}")
+                for name in changed
+            ]
+            + changed_options(plan.settings, config)
         )
         raise FlowDCError(
             f"{config.output} holds a run planned differently ({detail}); rerun with the same "
@@ -317,6 +322,7 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
         label_counts=[label_counts[label] for label in labels] if labels is not None else None,
         label_folders=folders,
         unlabeled_rows=unlabeled,
+        settings=stored_options(config),
     )
     os.replace(tmp_path, plan.table_path)
     if labels is not None and config.output_format == "webdataset":

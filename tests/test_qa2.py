@@ -1,0 +1,166 @@
+"""QA round 2: what researchers hit when they use FLOW-DC as they would (inputs exported from
+spreadsheets, resuming with other options, ...), each against the real test server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import flowdc
+from flowdc.errors import FlowDCError
+from flowdc.inputs import InputTable
+from flowdc.plan import PLAN_META
+from flowdc.testserver import ImageServer
+
+FAST: dict[str, Any] = {
+    "processes": 1,
+    "retry_backoff_sec": 0.01,
+    "timeout": 5,
+    "enable_rate_limiting": False,
+    "shard_size": 2,
+}
+
+
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    table = InputTable(path)
+    return table.column_names(), [row for batch in table.batches() for row in batch.to_pylist()]
+
+
+def url_table(server: ImageServer, path: Path, rows: int = 4) -> Path:
+    urls = [server.url(f"img/{i}.jpg") for i in range(rows)]
+    pq.write_table(pa.table({"url": urls, "label": ["a", "b"] * (rows // 2)}), path)
+    return path
+
+
+# -- resuming with other image options ---------------------------------------------------------
+def test_resume_with_other_processing_options_is_refused(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """A rerun with --resize_mode (or any option that changes what is stored) used to report
+    every shard done, and overview.json then claimed the resize the images never had; a
+    resume of a partial run mixed resized and original images in one dataset."""
+    source, output = url_table(fresh_server, tmp_path / "urls.parquet"), tmp_path / "ds"
+    first = flowdc.download(input=str(source), output=str(output), **FAST)
+    assert first.successful == 4
+    hits = sum(fresh_server.hits.values())
+
+    with pytest.raises(FlowDCError) as refused:
+        flowdc.download(
+            input=str(source), output=str(output), resize_mode="center_crop", image_size=32, **FAST
+        )
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "resize_mode 'no' -> 'center_crop'" in message and "image_size" in message
+    assert "--overwrite" in message
+    with pytest.raises(FlowDCError, match="dedupe False -> True"):
+        flowdc.download(input=str(source), output=str(output), dedupe=True, **FAST)
+    with pytest.raises(FlowDCError, match="min_image_size 0 -> 80"):
+        flowdc.download(
+            input=str(source), output=str(output), min_image_size=80, retry_failed=True, **FAST
+        )
+    assert sum(fresh_server.hits.values()) == hits, "a refused run fetched something"
+    overview = json.loads((output / "overview.json").read_text())
+    assert overview["script_inputs"]["resize_mode"] == "no"
+
+    # options that change nothing stored (network ones; image_size without a resize) resume
+    again = flowdc.download(
+        input=str(source), output=str(output), image_size=32, **{**FAST, "timeout": 7}
+    )
+    assert again.successful == 4
+    assert sum(fresh_server.hits.values()) == hits
+
+
+def test_resume_of_an_output_planned_before_settings_were_recorded(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """Outputs made by earlier versions have no recorded settings: they resume as before."""
+    source, output = url_table(fresh_server, tmp_path / "urls.parquet"), tmp_path / "ds"
+    flowdc.download(input=str(source), output=str(output), **FAST)
+    meta = json.loads((output / PLAN_META).read_text())
+    del meta["settings"]
+    (output / PLAN_META).write_text(json.dumps(meta))
+
+    again = flowdc.download(input=str(source), output=str(output), dedupe=True, **FAST)
+    assert again.successful == 4
+
+
+# -- inputs exported from spreadsheets and shell tools ------------------------------------------
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_csv_with_another_delimiter_is_read(tmp_path: Path, delimiter: str) -> None:
+    """Excel in many locales saves "CSV" with semicolons (and a BOM, and CRLF); a .csv that is
+    really tab-separated is common too. Each used to be one column named 'url;label'."""
+    path = tmp_path / "urls.csv"
+    d = delimiter
+    text = (
+        f"\ufeffurl{d}label{d}note\r\n"
+        f"http://127.0.0.1:9/a.jpg{d}cat{d}x\r\n"
+        f"http://127.0.0.1:9/b.jpg?x=1,2{d}dog, big{d}\r\n"
+    )
+    path.write_bytes(text.encode("utf-8"))
+
+    columns, rows = read_rows(path)
+
+    assert columns == ["url", "label", "note"]
+    assert rows == [
+        {"url": "http://127.0.0.1:9/a.jpg", "label": "cat", "note": "x"},
+        {"url": "http://127.0.0.1:9/b.jpg?x=1,2", "label": "dog, big", "note": ""},
+    ]
+
+
+def test_semicolon_csv_keeps_quoted_cells(tmp_path: Path) -> None:
+    path = tmp_path / "urls.csv"
+    path.write_text('url;label\r\nhttp://h/a.jpg;"a; b"\r\nhttp://h/b.jpg;"two\r\nlines"\r\n')
+
+    assert read_rows(path)[1] == [
+        {"url": "http://h/a.jpg", "label": "a; b"},
+        {"url": "http://h/b.jpg", "label": "two\r\nlines"},
+    ]
+
+
+def test_comma_csv_whose_header_has_a_semicolon_stays_comma(tmp_path: Path) -> None:
+    path = tmp_path / "urls.csv"
+    path.write_text("url,label;kind\nhttp://h/a.jpg,x;y\n")
+
+    assert read_rows(path) == (
+        ["url", "label;kind"],
+        [{"url": "http://h/a.jpg", "label;kind": "x;y"}],
+    )
+
+
+@pytest.mark.parametrize("header", ["url", "photo_url", "image URL"])
+def test_txt_url_list_with_a_one_word_header(tmp_path: Path, header: str) -> None:
+    """`cut -d, -f1 list.csv > urls.txt` keeps the header: it names the column instead of
+    becoming an invalid_url row (and --url photo_url used to fail with 'it has: url')."""
+    path = tmp_path / "urls.txt"
+    path.write_text(f"{header}\nhttp://h/a.jpg\n\nhttp://h/b.jpg\n")
+
+    assert read_rows(path) == (
+        [header],
+        [{header: "http://h/a.jpg"}, {header: "http://h/b.jpg"}],
+    )
+
+
+def test_txt_url_list_without_header_is_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "urls.txt"
+    path.write_text("www.example.org/a.jpg\nhttp://h/b.jpg\n")
+
+    assert read_rows(path) == (
+        ["url"],
+        [{"url": "www.example.org/a.jpg"}, {"url": "http://h/b.jpg"}],
+    )
+
+
+def test_txt_with_header_downloads_every_url(fresh_server: ImageServer, tmp_path: Path) -> None:
+    path = tmp_path / "urls.txt"
+    path.write_text(
+        "photo_url\n" + "".join(fresh_server.url(f"img/{i}.jpg") + "\n" for i in range(3))
+    )
+
+    result = flowdc.download(input=str(path), output=str(tmp_path / "ds"), url="photo_url", **FAST)
+
+    assert (result.total, result.successful) == (3, 3)
