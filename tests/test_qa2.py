@@ -132,6 +132,18 @@ def test_comma_csv_whose_header_has_a_semicolon_stays_comma(tmp_path: Path) -> N
     )
 
 
+def test_csv_with_trailing_empty_columns(tmp_path: Path) -> None:
+    """Spreadsheets export empty columns as 'url,label,,'; the two nameless columns used to be
+    refused as duplicate column names ['']."""
+    path = tmp_path / "urls.csv"
+    path.write_text("url,label,,\r\nhttp://h/a.jpg,cat,,\r\n")
+
+    assert read_rows(path) == (
+        ["url", "label", "column_2", "column_3"],
+        [{"url": "http://h/a.jpg", "label": "cat", "column_2": "", "column_3": ""}],
+    )
+
+
 @pytest.mark.parametrize("header", ["url", "photo_url", "image URL"])
 def test_txt_url_list_with_a_one_word_header(tmp_path: Path, header: str) -> None:
     """`cut -d, -f1 list.csv > urls.txt` keeps the header: it names the column instead of

@@ -233,7 +233,7 @@ class InputTable:
             header = next(csv.reader(text, delimiter=delimiter, quoting=quoting), None)
         if not header:
             raise FlowDCError(f"{self.path} is empty: it needs a header row naming its columns")
-        return [name.strip() for name in header]
+        return _header_names(header)  # Excel's trailing empty columns get column_N names
 
     def _csv_batches(self) -> Iterator[pa.RecordBatch]:
         delimiter = self._delimiter() if self.format != "txt" else self._txt_delimiter()
