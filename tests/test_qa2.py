@@ -176,3 +176,26 @@ def test_txt_with_header_downloads_every_url(fresh_server: ImageServer, tmp_path
     result = flowdc.download(input=str(path), output=str(tmp_path / "ds"), url="photo_url", **FAST)
 
     assert (result.total, result.successful) == (3, 3)
+
+
+# -- paths ---------------------------------------------------------------------------------------
+def test_home_in_config_paths_is_expanded(
+    fresh_server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell expands ~ on the command line, but not in a JSON config file or a Python call:
+    '~/datasets/birds' used to make a folder named '~' in the working directory (which a user
+    then removes with `rm -rf ~`...)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    url_table(fresh_server, home / "urls.parquet")
+    config = work / "config.json"
+    config.write_text(json.dumps({"input": "~/urls.parquet", "output": "~/datasets/birds"}))
+
+    result = flowdc.download(config, **FAST)
+
+    assert result.successful == 4
+    assert result.output == home / "datasets" / "birds"
+    assert (home / "datasets" / "birds" / "overview.json").exists()
+    assert list(work.iterdir()) == [config]

@@ -302,6 +302,13 @@ class DownloadConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("input", "output")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        """~ as a shell would expand it: a config file or a Python call does not go through one,
+        and a folder named '~' in the working directory invites an `rm -rf ~`."""
+        return os.path.expanduser(value) if value.startswith("~") else value
+
     @field_validator("label", "verify_hash", "license_col")
     @classmethod
     def _label_not_blank(cls, value: str | None) -> str | None:
