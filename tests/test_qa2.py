@@ -229,3 +229,17 @@ def test_overview_lists_the_biggest_hosts_and_sums_the_others(
     assert sum(f["rows"] for f in listed.values()) + others["rows"] == result.total == 11
     report = (tmp_path / "ds" / "report.html").read_text()
     assert "and 4 more hosts" in report
+
+
+def test_remote_input_url_with_a_query_string(tmp_path: Path, images: dict[str, bytes]) -> None:
+    """Zenodo and presigned object-store links end in ?download=1 or ?X-Amz-...: the query
+    string was kept in the local copy's name, so the format could not be told from it."""
+    with ImageServer(dict(images), hosts=("127.0.0.1",)) as lists:
+        csv_text = "url\n" + "".join(lists.url(f"img/{i}.jpg") + "\n" for i in range(3))
+        lists.images["urls.csv"] = csv_text.encode()
+
+        result = flowdc.download(
+            input=lists.url("img/urls.csv?download=1#top"), output=str(tmp_path / "ds"), **FAST
+        )
+
+    assert (result.total, result.successful) == (3, 3)
