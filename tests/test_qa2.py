@@ -243,3 +243,24 @@ def test_remote_input_url_with_a_query_string(tmp_path: Path, images: dict[str, 
         )
 
     assert (result.total, result.successful) == (3, 3)
+
+
+# -- networks ------------------------------------------------------------------------------------
+def test_http_proxy_from_the_environment_is_used(
+    fresh_server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cluster compute nodes often reach the web only through the proxy that http_proxy /
+    https_proxy name (curl, wget, pip and requests use it); FLOW-DC ignored it, so every URL
+    failed to connect. Nothing listens on port 9: only the proxy (the test server, which
+    answers absolute-form requests) can serve these URLs."""
+    monkeypatch.setenv("HTTP_PROXY", fresh_server.url("").rstrip("/"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    urls = [f"http://127.0.0.1:9/img/{i}.jpg" for i in range(3)]
+    source = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": urls}), source)
+
+    result = flowdc.download(input=str(source), output=str(tmp_path / "ds"), **FAST)
+
+    assert (result.total, result.successful) == (3, 3)
+    assert flowdc.fetch(urls[0], timeout=5).status == "success"
