@@ -264,3 +264,28 @@ def test_http_proxy_from_the_environment_is_used(
 
     assert (result.total, result.successful) == (3, 3)
     assert flowdc.fetch(urls[0], timeout=5).status == "success"
+
+
+def test_output_inside_an_unzipped_gbif_download_resumes(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """`--input gbif --output gbif/images`: the folder's fingerprint took in the output's own
+    files, so every rerun (a resume after a crash, --retry_failed) was refused as another input."""
+    from tests.test_dwca import IMAGE_ROWS, build_archive
+
+    folder = build_archive(tmp_path / "gbif", fresh_server, zipped=False)
+    output = folder / "images"
+    first = flowdc.download(input=str(folder), output=str(output), label="species", **FAST)
+    assert first.total == IMAGE_ROWS
+    hits = sum(fresh_server.hits.values())
+
+    again = flowdc.download(input=str(folder), output=str(output), label="species", **FAST)
+    retried = flowdc.download(
+        input=str(folder), output=str(output), label="species", retry_failed=True, **FAST
+    )
+
+    assert (again.successful, retried.successful) == (first.successful, first.successful)
+    assert sum(fresh_server.hits.values()) == hits
+    (folder / "occurrence.txt").write_text("changed\n")  # the archive itself still counts
+    with pytest.raises(FlowDCError, match="input fingerprint"):
+        flowdc.download(input=str(folder), output=str(output), label="species", **FAST)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.labels import folder_names
 from flowdc.licenses import license_column
-from flowdc.storage import TEMP_MARK, atomic_write_text, temp_name
+from flowdc.storage import LOCK_FILE, TEMP_MARK, atomic_write_text, temp_name
 from flowdc.stored_options import changed_options, stored_options
 
 PLAN_TABLE = ".flowdc-plan.parquet"
@@ -124,11 +125,22 @@ class Plan:
         return cls(**data)
 
 
+def _archive_files(folder: Path) -> Iterator[Path]:
+    """The files of an archive folder, but for those of a FLOW-DC output inside it (an output
+    put in the unzipped download's folder): they change with every run, so no run could resume."""
+    for root, folders, files in os.walk(folder):
+        if LOCK_FILE in files or PLAN_META in files:
+            folders.clear()
+            continue
+        folders.sort()
+        yield from (Path(root) / name for name in files)
+
+
 def fingerprint(path: Path) -> str:
     """Size plus hashes of the first and last MiB: cheap, and changes when the list changes."""
     if path.is_dir():  # a Darwin Core Archive folder: its files' names and fingerprints
         digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        for file in sorted(_archive_files(path)):
             digest.update(f"{file.relative_to(path)}:{fingerprint(file)}".encode())
         return digest.hexdigest()
     size = path.stat().st_size
