@@ -289,3 +289,29 @@ def test_output_inside_an_unzipped_gbif_download_resumes(
     (folder / "occurrence.txt").write_text("changed\n")  # the archive itself still counts
     with pytest.raises(FlowDCError, match="input fingerprint"):
         flowdc.download(input=str(folder), output=str(output), label="species", **FAST)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt", ".jsonl"])
+@pytest.mark.parametrize("rows_before", [0, 3000])
+def test_input_that_is_not_utf8_says_how_to_fix_it(
+    tmp_path: Path, suffix: str, rows_before: int
+) -> None:
+    """Excel on Windows saves "CSV" in cp1252: the error said to set --input_format, which does
+    not help; it now names the encoding problem and the fix."""
+    path = tmp_path / f"urls{suffix}"
+    if suffix == ".jsonl":
+        lines = [b'{"url": "http://h/a.jpg", "label": "cat"}'] * rows_before
+        lines.append(b'{"url": "http://h/b.jpg", "label": "caf\xe9"}')
+    else:
+        sep = b"\t" if suffix == ".tsv" else b","
+        cell = b"" if suffix == ".txt" else sep + b"x"
+        header = [] if suffix == ".txt" else [b"url" + sep + b"label"]
+        lines = header + [b"http://h/a.jpg" + cell] * rows_before + [b"http://h/caf\xe9.jpg" + cell]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    with pytest.raises(FlowDCError) as error:
+        list(InputTable(path).batches())
+
+    message = str(error.value)
+    assert "\n" not in message and "is not UTF-8" in message and "save it as UTF-8" in message
+    assert "--input_format" not in message

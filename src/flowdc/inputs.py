@@ -159,11 +159,21 @@ class InputTable:
             yield
         except FlowDCError:
             raise
-        except (pa.ArrowException, OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
-            raise FlowDCError(
-                f"cannot read {self.path} as {self.format}: {_one_line(exc)}; check the file "
-                f"or set --input_format"
-            ) from None
+        except (pa.ArrowException, UnicodeDecodeError) as exc:
+            if isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc):
+                raise FlowDCError(
+                    f"{self.path} is not UTF-8 text ({_one_line(exc)}); save it as UTF-8 (Excel: "
+                    f"'CSV UTF-8'), or convert it: iconv -f cp1252 -t utf-8 FILE > NEW_FILE"
+                ) from None
+            raise self._unreadable(exc) from None
+        except (OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: BaseException) -> FlowDCError:
+        return FlowDCError(
+            f"cannot read {self.path} as {self.format}: {_one_line(exc)}; check the file "
+            f"or set --input_format"
+        )
 
     # -- columns ------------------------------------------------------------------------------
     def _read_columns(self) -> list[str]:
