@@ -206,13 +206,16 @@ class InputTable:
         return pa.input_stream(str(self.path), compression="gzip" if self.gzipped else None)
 
     def _delimiter(self) -> str:
-        """Tab for TSV; for CSV the delimiter its header uses most: Excel saves "CSV" with
-        semicolons in many locales, and tab-separated files are often named .csv."""
+        """Tab for TSV; for CSV a comma, unless its header has none (outside quotes) but has
+        semicolons, tabs or bars: Excel saves "CSV" with semicolons in many locales, and
+        tab-separated files are often named .csv."""
         if self.format == "tsv":
             return "\t"
         header = _QUOTED.sub("", self._first_line())
+        if "," in header:
+            return ","
         counts = {delimiter: header.count(delimiter) for delimiter in _CSV_DELIMITERS}
-        best = max(_CSV_DELIMITERS, key=counts.__getitem__)  # the first of equals: "," wins
+        best = max(_CSV_DELIMITERS, key=counts.__getitem__)
         return best if counts[best] else ","
 
     def _first_line(self) -> str:
