@@ -177,6 +177,30 @@ def test_txt_with_header_downloads_every_url(fresh_server: ImageServer, tmp_path
     assert (result.total, result.successful) == (3, 3)
 
 
+@pytest.mark.parametrize(
+    ("kind", "hint"), [("xlsx", "Excel (.xlsx)"), ("parquet", "parquet"), ("xls", "(.xls)")]
+)
+def test_binary_table_named_as_text_says_what_it_is(tmp_path: Path, kind: str, hint: str) -> None:
+    """A workbook saved as list.csv (or a parquet renamed) was 'not UTF-8 text'."""
+    if kind == "xlsx":
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        book.active.append(["url"])
+        book.save(tmp_path / "list.xlsx")
+    elif kind == "parquet":
+        pq.write_table(pa.table({"url": ["http://h/a.jpg"]}), tmp_path / "list.parquet")
+    else:
+        (tmp_path / "list.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00\xff" * 300)
+    path = tmp_path / "list.csv"
+    path.write_bytes((tmp_path / f"list.{kind}").read_bytes())
+
+    with pytest.raises(FlowDCError) as error:
+        list(InputTable(path).batches())
+
+    assert hint in str(error.value) and "--input_format" in str(error.value)
+
+
 # -- paths ---------------------------------------------------------------------------------------
 def test_home_in_config_paths_is_expanded(
     fresh_server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

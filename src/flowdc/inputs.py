@@ -72,6 +72,23 @@ def detect_format(path: Path, declared: str | None) -> tuple[str, bool]:
     return fmt, gzipped
 
 
+_MAGIC = {
+    b"PAR1": ("a parquet", ".parquet"),
+    b"PK\x03\x04": ("an Excel (.xlsx) or zip", ".xlsx (or .zip for a Darwin Core Archive)"),
+    b"\xd0\xcf\x11\xe0": ("an old Excel (.xls)", ".xls"),
+}
+
+
+def _binary_kind(path: Path) -> tuple[str, str] | None:
+    """(what, extension) of a binary file misnamed as text, from its first bytes."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        return None
+    return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
+
+
 def _looks_gzipped(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
@@ -161,6 +178,12 @@ class InputTable:
             raise
         except (pa.ArrowException, UnicodeDecodeError) as exc:
             if isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc):
+                kind = _binary_kind(self.path)
+                if kind is not None:
+                    raise FlowDCError(
+                        f"{self.path} is {kind[0]} file, not {self.format}; name it {kind[1]} or "
+                        f"set --input_format"
+                    ) from None
                 raise FlowDCError(
                     f"{self.path} is not UTF-8 text ({_one_line(exc)}); save it as UTF-8 (Excel: "
                     f"'CSV UTF-8'), or convert it: iconv -f cp1252 -t utf-8 FILE > NEW_FILE"
