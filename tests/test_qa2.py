@@ -338,3 +338,17 @@ def test_input_that_is_not_utf8_says_how_to_fix_it(
     message = str(error.value)
     assert "\n" not in message and "is not UTF-8" in message and "save it as UTF-8" in message
     assert "--input_format" not in message
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("address", ["notaurl", "tcp://manager", "http://manager:8786/x"])
+def test_worker_with_a_bad_address_is_a_one_line_error(address: str) -> None:
+    """`flowdc worker notaurl` printed dask's 40-line traceback (missing port number)."""
+    from tests.conftest import run_cli
+
+    done = run_cli("worker", address, timeout=60)
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("flowdc: error:") and len(done.stderr.strip().splitlines()) == 1
+    assert address in done.stderr and "tcp://HOST:PORT" in done.stderr
