@@ -47,6 +47,12 @@ _EXTENSIONS = {
     ".zip": "dwca",
 }
 _TEXT_FORMATS = {"csv", "tsv", "txt", "json", "jsonl", "xml"}
+# the first bytes of binary tables, to say what a misnamed one is: (what, extension)
+_MAGIC = {
+    b"PAR1": ("a parquet", ".parquet"),
+    b"PK\x03\x04": ("an Excel (.xlsx) or zip", ".xlsx (or .zip for a Darwin Core Archive)"),
+    b"\xd0\xcf\x11\xe0": ("an old Excel (.xls)", ".xls"),
+}
 
 
 def detect_format(path: Path, declared: str | None) -> tuple[str, bool]:
@@ -70,13 +76,6 @@ def detect_format(path: Path, declared: str | None) -> tuple[str, bool]:
     if not gzipped and _looks_gzipped(path) and fmt in _TEXT_FORMATS:
         gzipped = True
     return fmt, gzipped
-
-
-_MAGIC = {
-    b"PAR1": ("a parquet", ".parquet"),
-    b"PK\x03\x04": ("an Excel (.xlsx) or zip", ".xlsx (or .zip for a Darwin Core Archive)"),
-    b"\xd0\xcf\x11\xe0": ("an old Excel (.xls)", ".xls"),
-}
 
 
 def _binary_kind(path: Path) -> tuple[str, str] | None:
