@@ -352,3 +352,35 @@ def test_worker_with_a_bad_address_is_a_one_line_error(address: str) -> None:
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("flowdc: error:") and len(done.stderr.strip().splitlines()) == 1
     assert address in done.stderr and "tcp://HOST:PORT" in done.stderr
+
+
+# -- labels ----------------------------------------------------------------------------------------
+def test_labels_differing_only_in_surrounding_spaces_are_one_class(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """A hand-edited spreadsheet has 'Rosa canina ' beside 'Rosa canina': they were two classes
+    (two folders, 'Rosa canina' and 'Rosa canina_<hash>'), splitting one species."""
+    source = tmp_path / "urls.csv"
+    labels = ["Rosa canina", "Rosa canina ", " Rosa canina", "Bellis\t", "Bellis", "  "]
+    lines = [f"{fresh_server.url(f'img/{i}.jpg')},{label}" for i, label in enumerate(labels)]
+    source.write_text("url,label\n" + "\n".join(lines) + "\n")
+
+    result = flowdc.download(
+        input=str(source),
+        output=str(tmp_path / "ds"),
+        label="label",
+        output_format="imagefolder",
+        **FAST,
+    )
+
+    assert result.successful == 5 and result.failures == {"missing_label": 1}
+    classes = json.loads((tmp_path / "ds" / "labels.json").read_text())
+    assert [(c["label"], c["folder"], c["images"]) for c in classes] == [
+        ("Bellis", "Bellis", 2),
+        ("Rosa canina", "Rosa canina", 3),
+    ]
+    assert set(flowdc.results(tmp_path / "ds").column("label").to_pylist()) == {
+        "Bellis",
+        "Rosa canina",
+        None,
+    }

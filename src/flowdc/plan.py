@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdc.config import DownloadConfig
@@ -276,7 +277,8 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
                 continue
             columns = {"url": _as_string(batch.column(config.url))}
             if config.label:
-                label_array = _as_string(batch.column(config.label))
+                # 'Rosa canina ' is 'Rosa canina': spaces around a label never make a class
+                label_array = pc.utf8_trim_whitespace(_as_string(batch.column(config.label)))
                 columns["label"] = label_array
                 for value in label_array.to_pylist():
                     label = normalize_label(value)
