@@ -224,6 +224,16 @@ def test_home_in_config_paths_is_expanded(
     assert list(work.iterdir()) == [config]
 
 
+def test_paths_may_be_pathlib_paths(fresh_server: ImageServer, tmp_path: Path) -> None:
+    """In a notebook, flowdc.download(input=Path(...)) was 'Input should be a valid string'
+    (while DownloadResult.output is a Path)."""
+    source = url_table(fresh_server, tmp_path / "urls.parquet")
+
+    result = flowdc.download(input=source, output=tmp_path / "ds", **FAST)
+
+    assert (result.successful, result.output) == (4, tmp_path / "ds")
+
+
 # -- web-scale lists ---------------------------------------------------------------------------
 def test_overview_lists_the_biggest_hosts_and_sums_the_others(
     fresh_server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
