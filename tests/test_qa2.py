@@ -112,6 +112,17 @@ def test_csv_with_another_delimiter_is_read(tmp_path: Path, delimiter: str) -> N
     ]
 
 
+def test_gbif_simple_csv_is_tab_separated_with_bare_quotes(tmp_path: Path) -> None:
+    """GBIF's SIMPLE_CSV downloads are tab-separated files named .csv, with bare quotes."""
+    path = tmp_path / "0012345-260101.csv"
+    path.write_text('gbifID\tidentifier\tlocality\n1\thttp://h/a.jpg\t5" north of "the lake\n')
+
+    assert read_rows(path) == (
+        ["gbifID", "identifier", "locality"],
+        [{"gbifID": "1", "identifier": "http://h/a.jpg", "locality": '5" north of "the lake'}],
+    )
+
+
 def test_semicolon_csv_keeps_quoted_cells(tmp_path: Path) -> None:
     path = tmp_path / "urls.csv"
     path.write_text('url;label\r\nhttp://h/a.jpg;"a; b"\r\nhttp://h/b.jpg;"two\r\nlines"\r\n')
