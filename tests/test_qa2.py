@@ -67,9 +67,14 @@ def test_resume_with_other_processing_options_is_refused(
     overview = json.loads((output / "overview.json").read_text())
     assert overview["script_inputs"]["resize_mode"] == "no"
 
-    # options that change nothing stored (network ones; image_size without a resize) resume
+    # options that change nothing stored (network ones; image_size without a resize, a quality
+    # with nothing encoded) resume
     again = flowdc.download(
-        input=str(source), output=str(output), image_size=32, **{**FAST, "timeout": 7}
+        input=str(source),
+        output=str(output),
+        image_size=32,
+        encode_quality=50,
+        **{**FAST, "timeout": 7},
     )
     assert again.successful == 4
     assert sum(fresh_server.hits.values()) == hits

@@ -35,6 +35,8 @@ def stored_options(config: DownloadConfig) -> dict[str, Any]:
     if values["resize_mode"] == "no":
         for name in _RESIZE_ONLY:
             values.pop(name)
+        if values["encode_format"] is None and config.output_format == "webdataset":
+            values.pop("encode_quality")  # nothing is encoded: the bytes are stored as they came
     return values
 
 
