@@ -26,6 +26,15 @@ def images() -> dict[str, bytes]:
     return made
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy_from_the_environment() -> Iterator[None]:
+    """FLOW-DC uses http(s)_proxy as curl does; the test servers are on loopback, which a CI
+    machine's proxy cannot reach (test_qa2.py sets one where it tests that)."""
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.lower().endswith("_proxy")}
+    yield
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def server(images: dict[str, bytes]) -> Iterator[ImageServer]:
     with ImageServer(images, hosts=("127.0.0.1", "127.0.0.2")) as running:

@@ -302,6 +302,17 @@ class DownloadConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("input", "output", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        """A pathlib.Path as its text, and ~ as a shell would expand it: a config file or a
+        Python call does not go through one, and a folder named '~' invites an `rm -rf ~`."""
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, str) and value.startswith("~"):
+            value = os.path.expanduser(value)
+        return value
+
     @field_validator("label", "verify_hash", "license_col")
     @classmethod
     def _label_not_blank(cls, value: str | None) -> str | None:

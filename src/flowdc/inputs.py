@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +26,9 @@ from flowdc.dwca import DwcArchive, is_archive
 from flowdc.errors import FlowDCError
 
 BATCH_ROWS = 65_536
+_CSV_DELIMITERS = (",", ";", "\t", "|")
+_QUOTED = re.compile(r'"[^"]*"')
+_HEADER_NAME = re.compile(r"[A-Za-z_][\w .-]{0,99}")  # a .txt list's column name, not a URL
 
 _EXTENSIONS = {
     ".parquet": "parquet",
@@ -43,6 +47,12 @@ _EXTENSIONS = {
     ".zip": "dwca",
 }
 _TEXT_FORMATS = {"csv", "tsv", "txt", "json", "jsonl", "xml"}
+# the first bytes of binary tables, to say what a misnamed one is: (what, extension)
+_MAGIC = {
+    b"PAR1": ("a parquet", ".parquet"),
+    b"PK\x03\x04": ("an Excel (.xlsx) or zip", ".xlsx (or .zip for a Darwin Core Archive)"),
+    b"\xd0\xcf\x11\xe0": ("an old Excel (.xls)", ".xls"),
+}
 
 
 def detect_format(path: Path, declared: str | None) -> tuple[str, bool]:
@@ -66,6 +76,16 @@ def detect_format(path: Path, declared: str | None) -> tuple[str, bool]:
     if not gzipped and _looks_gzipped(path) and fmt in _TEXT_FORMATS:
         gzipped = True
     return fmt, gzipped
+
+
+def _binary_kind(path: Path) -> tuple[str, str] | None:
+    """(what, extension) of a binary file misnamed as text, from its first bytes."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        return None
+    return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
 
 
 def _looks_gzipped(path: Path) -> bool:
@@ -155,11 +175,27 @@ class InputTable:
             yield
         except FlowDCError:
             raise
-        except (pa.ArrowException, OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
-            raise FlowDCError(
-                f"cannot read {self.path} as {self.format}: {_one_line(exc)}; check the file "
-                f"or set --input_format"
-            ) from None
+        except (pa.ArrowException, UnicodeDecodeError) as exc:
+            if isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc):
+                kind = _binary_kind(self.path)
+                if kind is not None:
+                    raise FlowDCError(
+                        f"{self.path} is {kind[0]} file, not {self.format}; name it {kind[1]} or "
+                        f"set --input_format"
+                    ) from None
+                raise FlowDCError(
+                    f"{self.path} is not UTF-8 text ({_one_line(exc)}); save it as UTF-8 (Excel: "
+                    f"'CSV UTF-8'), or convert it: iconv -f cp1252 -t utf-8 FILE > NEW_FILE"
+                ) from None
+            raise self._unreadable(exc) from None
+        except (OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
+            raise self._unreadable(exc) from None
+
+    def _unreadable(self, exc: BaseException) -> FlowDCError:
+        return FlowDCError(
+            f"cannot read {self.path} as {self.format}: {_one_line(exc)}; check the file "
+            f"or set --input_format"
+        )
 
     # -- columns ------------------------------------------------------------------------------
     def _read_columns(self) -> list[str]:
@@ -170,7 +206,9 @@ class InputTable:
                 return self._csv_header(self._delimiter())
             if self.format == "txt":
                 delimiter = self._txt_delimiter()
-                return self._csv_header(delimiter) if delimiter else ["url"]
+                if delimiter:
+                    return self._csv_header(delimiter)
+                return [self._txt_header() or "url"]
             if self.format in ("xlsx", "xls"):
                 header = next(iter(self._sheet_rows()), None)
                 return _header_names(header or [])
@@ -190,7 +228,17 @@ class InputTable:
         return pa.input_stream(str(self.path), compression="gzip" if self.gzipped else None)
 
     def _delimiter(self) -> str:
-        return "\t" if self.format == "tsv" else ","
+        """Tab for TSV; for CSV a comma, unless its header has none (outside quotes) but has
+        semicolons, tabs or bars: Excel saves "CSV" with semicolons in many locales, and
+        tab-separated files are often named .csv."""
+        if self.format == "tsv":
+            return "\t"
+        header = _QUOTED.sub("", self._first_line())
+        if "," in header:
+            return ","
+        counts = {delimiter: header.count(delimiter) for delimiter in _CSV_DELIMITERS}
+        best = max(_CSV_DELIMITERS, key=counts.__getitem__)
+        return best if counts[best] else ","
 
     def _first_line(self) -> str:
         with self._open_text() as text:
@@ -209,13 +257,18 @@ class InputTable:
                 return delimiter
         return None
 
+    def _txt_header(self) -> str | None:
+        """The column name a one-column .txt list starts with (`url`, `photo_url`), if any."""
+        first = self._first_line().strip()
+        return first if _HEADER_NAME.fullmatch(first) else None
+
     def _csv_header(self, delimiter: str) -> list[str]:
         with self._open_text() as text:
             quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
             header = next(csv.reader(text, delimiter=delimiter, quoting=quoting), None)
         if not header:
             raise FlowDCError(f"{self.path} is empty: it needs a header row naming its columns")
-        return [name.strip() for name in header]
+        return _header_names(header)  # Excel's trailing empty columns get column_N names
 
     def _csv_batches(self) -> Iterator[pa.RecordBatch]:
         delimiter = self._delimiter() if self.format != "txt" else self._txt_delimiter()
@@ -260,11 +313,15 @@ class InputTable:
                 }
             return
         if self.format == "txt":
+            header, name = self._txt_header(), self.column_names()[0]
             with self._open_text() as text:
                 for line in text:
                     url = line.strip()
+                    if url and header is not None:
+                        header = None  # the first line names the column
+                        continue
                     if url:
-                        yield {"url": url}
+                        yield {name: url}
             return
         for row in self._raw_dict_rows():
             yield {key: cell_to_text(value) for key, value in row.items()}

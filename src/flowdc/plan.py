@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdc.config import DownloadConfig
@@ -23,7 +25,8 @@ from flowdc.errors import FlowDCError
 from flowdc.inputs import InputTable
 from flowdc.labels import folder_names
 from flowdc.licenses import license_column
-from flowdc.storage import TEMP_MARK, atomic_write_text, temp_name
+from flowdc.storage import LOCK_FILE, TEMP_MARK, atomic_write_text, temp_name
+from flowdc.stored_options import changed_options, stored_options
 
 PLAN_TABLE = ".flowdc-plan.parquet"
 PLAN_META = ".flowdc-plan.json"
@@ -85,6 +88,7 @@ class Plan:
     label_folders: dict[str, str] | None = None
     unlabeled_rows: int = 0
     version: int = PLAN_VERSION
+    settings: dict[str, Any] | None = None  # stored_options.py; None in plans made before it
 
     def __post_init__(self) -> None:
         self._parquet: pq.ParquetFile | None = None
@@ -122,11 +126,22 @@ class Plan:
         return cls(**data)
 
 
+def _archive_files(folder: Path) -> Iterator[Path]:
+    """The files of an archive folder, but for those of a FLOW-DC output inside it (an output
+    put in the unzipped download's folder): they change with every run, so no run could resume."""
+    for root, folders, files in os.walk(folder):
+        if LOCK_FILE in files or PLAN_META in files:
+            folders.clear()
+            continue
+        folders.sort()
+        yield from (Path(root) / name for name in files)
+
+
 def fingerprint(path: Path) -> str:
     """Size plus hashes of the first and last MiB: cheap, and changes when the list changes."""
     if path.is_dir():  # a Darwin Core Archive folder: its files' names and fingerprints
         digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        for file in sorted(_archive_files(path)):
             digest.update(f"{file.relative_to(path)}:{fingerprint(file)}".encode())
         return digest.hexdigest()
     size = path.stat().st_size
@@ -156,11 +171,14 @@ def check_plan_matches(plan: Plan, config: DownloadConfig, table: InputTable) ->
         "output_format": plan.output_format,
     }
     changed = [name for name in wanted if wanted[name] != have[name]]
-    if changed:
+    if changed or changed_options(plan.settings, config):
         detail = ", ".join(
-            f"{name}"
-            + ("" if name == "input fingerprint" else f" {have[name]!r} -> {wanted[name]!r}")
-            for name in changed
+            [
+                f"{name}"
+                + ("" if name == "input fingerprint" else f" {have[name]!r} -> {wanted[name]!r}")
+                for name in changed
+            ]
+            + changed_options(plan.settings, config)
         )
         raise FlowDCError(
             f"{config.output} holds a run planned differently ({detail}); rerun with the same "
@@ -259,7 +277,8 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
                 continue
             columns = {"url": _as_string(batch.column(config.url))}
             if config.label:
-                label_array = _as_string(batch.column(config.label))
+                # 'Rosa canina ' is 'Rosa canina': spaces around a label never make a class
+                label_array = pc.utf8_trim_whitespace(_as_string(batch.column(config.label)))
                 columns["label"] = label_array
                 for value in label_array.to_pylist():
                     label = normalize_label(value)
@@ -317,6 +336,7 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
         label_counts=[label_counts[label] for label in labels] if labels is not None else None,
         label_folders=folders,
         unlabeled_rows=unlabeled,
+        settings=stored_options(config),
     )
     os.replace(tmp_path, plan.table_path)
     if labels is not None and config.output_format == "webdataset":

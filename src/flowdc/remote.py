@@ -119,7 +119,8 @@ def stage_input(location: str, storage_options: dict[str, Any] | None, staging: 
     if not is_remote(location):
         return Path(location)
     store = RemoteStore(location, storage_options)
-    local = staging / store.root.rsplit("/", 1)[-1]
+    # a link's ?download=1 or signature is no part of the file's name (nor its extension)
+    local = staging / (re.split(r"[?#]", store.root.rsplit("/", 1)[-1])[0] or "input")
     try:
         with storage_errors(location):
             store.fs.get_file(store.root, str(local))

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import uuid
@@ -43,6 +44,7 @@ from flowdc.shard import ShardResult
 # distributed.scheduler.allowed-failures times) is tried this many more times.
 TASK_RETRIES = 2
 DEFAULT_PORT = 8786
+_WORKER_ADDRESS = re.compile(r"((tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):[0-9]{1,5}")
 # A scheduler's HTTP server (health, metrics; bound to the scheduler's host) tries port 8787
 # first and warns before it takes a free one; on a shared machine that is no news.
 warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
@@ -455,6 +457,13 @@ def worker_main(argv: list[str]) -> int:
             "`dask worker` (see `dask worker --help`), e.g. --nworkers 4."
         )
         return 0 if argv else 2
+    if not argv[0].startswith("-") and not _WORKER_ADDRESS.fullmatch(argv[0]):
+        print(
+            f"flowdc: error: worker address {argv[0]!r} is not tcp://HOST:PORT; give the address "
+            f"the manager's `flowdc download --engine dask --listen HOST:PORT` printed",
+            file=sys.stderr,
+        )
+        return 2
     extra = argv[1:]
     defaults: list[str] = []
     if not any(a.startswith("--nworkers") for a in extra):

@@ -184,6 +184,7 @@ class Fetcher:
             connector=connector,
             headers={"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.8"},
             cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=True,  # http(s)_proxy / no_proxy, as curl and pip use them (clusters)
             timeout=aiohttp.ClientTimeout(total=None),
             read_bufsize=1 << 17,
             max_line_size=16384,

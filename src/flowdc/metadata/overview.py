@@ -26,6 +26,9 @@ from flowdc.status import HOST_UNAVAILABLE, SUCCESS
 from flowdc.storage import atomic_write_text
 
 OVERVIEW_FILE = "overview.json"
+MAX_LISTED_HOSTS = 1000
+"""per_host lists the hosts with the most rows, the others are summed in per_host_others: a
+web-scale URL list has millions of hosts, at about 440 bytes each in overview.json."""
 RUNS_FILE = ".flowdc-runs.jsonl"
 _COLUMNS = [
     "status",
@@ -159,6 +162,14 @@ def _hosts_down(per_host: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]
     }
 
 
+def _other_hosts(figures: list[dict[str, Any]]) -> dict[str, int] | None:
+    """The hosts per_host leaves out, summed; None when it lists every host."""
+    if not figures:
+        return None
+    names = ("rows", "successes", "failures", "retries", "unavailable")
+    return {"hosts": len(figures), **{name: sum(f[name] for f in figures) for name in names}}
+
+
 def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
     output = Path(plan.output)
     statuses: Counter[str] = Counter()
@@ -214,7 +225,8 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
         "error_messages": dict(error_messages.most_common(50)),
         "http_status_counts": dict(sorted(http_statuses.items())),
         "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
-        "per_host": per_host,
+        "per_host": dict(list(per_host.items())[:MAX_LISTED_HOSTS]),
+        "per_host_others": _other_hosts(list(per_host.values())[MAX_LISTED_HOSTS:]),
         "hosts_down": _hosts_down(per_host),
         "licenses": license_summary(plan, config),
         "shards": {

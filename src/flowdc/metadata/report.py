@@ -352,6 +352,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         _table(["status", "responses"], [[k, v] for k, v in codes]) if codes else "<p>none</p>",
     )
     hosts = overview.get("per_host") or {}
+    more = max(len(hosts) - 50, 0) + (overview.get("per_host_others") or {}).get("hosts", 0)
     host_rows = [
         [
             host,
@@ -384,7 +385,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
             ],
             host_rows,
         )
-        + (f"<p>and {len(hosts) - 50:,} more hosts</p>" if len(hosts) > 50 else "")
+        + (f"<p>and {more:,} more hosts</p>" if more > 0 else "")
         + _hosts_down(overview.get("hosts_down") or {}),
     )
     classes = Counter(overview.get("class_counts") or {})
