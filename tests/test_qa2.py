@@ -315,6 +315,27 @@ def test_http_proxy_from_the_environment_is_used(
     assert flowdc.fetch(urls[0], timeout=5).status == "success"
 
 
+def test_the_proxy_is_chosen_once_per_host_and_no_proxy_is_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read once (aiohttp's trust_env read the environment and ~/.netrc on every request, in
+    threads: 300 us an image); no_proxy hosts go direct; credentials go apart from the URL."""
+    from yarl import URL
+
+    from flowdc.fetch.proxy import Proxies
+
+    monkeypatch.setenv("HTTP_PROXY", "http://user:secret@127.0.0.9:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2,.example.org")
+    proxies = Proxies()
+    monkeypatch.delenv("HTTP_PROXY")  # read once: a later change is not seen
+    chosen = proxies.for_url(URL("http://127.0.0.1/a.jpg"))
+    assert chosen is not None
+    assert (str(chosen[0]), chosen[1] and chosen[1].password) == ("http://127.0.0.9:3128", "secret")
+    assert proxies.for_url(URL("http://127.0.0.2/a.jpg")) is None
+    assert proxies.for_url(URL("http://img.example.org/a.jpg")) is None
+    assert proxies.for_url(URL("https://127.0.0.1/a.jpg")) is None  # no https_proxy given
+
+
 def test_output_inside_an_unzipped_gbif_download_resumes(
     fresh_server: ImageServer, tmp_path: Path
 ) -> None:

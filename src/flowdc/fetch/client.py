@@ -24,6 +24,7 @@ from flowdc.config import DownloadConfig
 from flowdc.fetch.aimd import RateSettings
 from flowdc.fetch.breaker import BreakerSettings
 from flowdc.fetch.dns import CachingResolver
+from flowdc.fetch.proxy import Proxies
 from flowdc.fetch.robots import opt_out_directive
 from flowdc.fetch.scheduler import Batch, Host, HostFigures, Job, Scheduler
 from flowdc.status import (
@@ -173,6 +174,7 @@ class Fetcher:
             BreakerSettings(config.host_failure_threshold, config.host_cooldown),
         )
         self.resolver = CachingResolver(resolver, negative_ttl=config.host_cooldown)
+        self.proxies = Proxies()  # http(s)_proxy and no_proxy, as curl and pip use them
         connector = aiohttp.TCPConnector(
             limit=0,
             limit_per_host=0,
@@ -184,7 +186,6 @@ class Fetcher:
             connector=connector,
             headers={"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.8"},
             cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=True,  # http(s)_proxy / no_proxy, as curl and pip use them (clusters)
             timeout=aiohttp.ClientTimeout(total=None),
             read_bufsize=1 << 17,
             max_line_size=16384,
@@ -364,10 +365,13 @@ class Fetcher:
             if remaining <= 0:
                 raise self._timed_out()
             try:
+                proxy = self.proxies.for_url(current)
                 async with self.session.get(
                     current,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=remaining),
+                    proxy=proxy and proxy[0],
+                    proxy_auth=proxy and proxy[1],
                 ) as response:
                     if not answered:
                         answered.append(time.monotonic())
