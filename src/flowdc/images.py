@@ -161,6 +161,11 @@ _START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
 
 
+def is_plain_jpeg(data: bytes) -> bool:
+    """A JPEG whose header holds nothing unusual (what every loader reads as it is)."""
+    return _jpeg_frame(data) is not None
+
+
 def _jpeg_frame(data: bytes) -> tuple[int, int, str] | None:
     """(width, height, mode) of a plain JPEG, as Pillow would read them; None for anything else.
 

@@ -23,7 +23,13 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from flowdc.config import DownloadConfig
-from flowdc.images import TORCHVISION_EXTENSIONS, ImageRejected, inspect_header, to_png
+from flowdc.images import (
+    TORCHVISION_EXTENSIONS,
+    ImageRejected,
+    inspect_header,
+    is_plain_jpeg,
+    to_png,
+)
 from flowdc.status import BAD_ASPECT_RATIO, DUPLICATE, HASH_MISMATCH, NOT_AN_IMAGE, TOO_SMALL
 
 DEDUPE_FILE = ".flowdc-dedupe.sqlite"
@@ -51,10 +57,14 @@ class Options:
     imagefolder: bool = False
 
     @property
-    def may_decode(self) -> bool:
-        """Whether an image may be decoded: a resize, a new encoding, or an ImageFolder
-        conversion of a format loaders cannot read."""
-        return self.resize_mode != "no" or self.encode_format is not None or self.imagefolder
+    def transforms(self) -> bool:
+        """Whether every image's pixels may be decoded: a resize or a new encoding."""
+        return self.resize_mode != "no" or self.encode_format is not None
+
+    def may_decode(self, data: bytes) -> bool:
+        """Whether this body's pixels may be decoded: a resize, a new encoding, or (ImageFolder)
+        a format loaders cannot read; a plain JPEG never needs that conversion."""
+        return self.transforms or (self.imagefolder and not is_plain_jpeg(data))
 
     @classmethod
     def from_config(cls, config: DownloadConfig, imagefolder: bool) -> Options:
@@ -114,8 +124,7 @@ def process_image(data: bytes, options: Options, expected_sha256: str | None = N
         )
     header = inspect_header(data, options.max_image_area)
     _check_shape(header.width, header.height, options)
-    may_decode = options.resize_mode != "no" or options.encode_format is not None
-    orientation = header.orientation if may_decode else None
+    orientation = header.orientation if options.transforms else None
     width, height = header.width, header.height
     if orientation in _SWAPS_SIDES:
         width, height = height, width
@@ -329,7 +338,7 @@ class ImageProcessor:
     async def process(self, data: bytes, key: str, expected_sha256: str | None) -> Processed:
         """The sample to store, or ImageRejected (its status says why; DUPLICATE names the key
         holding the same bytes in `message`)."""
-        if not self.options.may_decode:
+        if not self.options.may_decode(data):
             # a header parse and a hash: a thread hand-off costs more than it saves (measured:
             # 12% of images/s on loopback)
             processed = process_image(data, self.options, expected_sha256)
