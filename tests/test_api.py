@@ -7,6 +7,7 @@ import _thread
 import asyncio
 import hashlib
 import json
+import signal
 import sys
 import threading
 import time
@@ -105,8 +106,17 @@ def test_download_inside_a_running_event_loop(server: ImageServer, tmp_path: Pat
     assert flowdc.results(tmp_path / "ds").num_rows == 7
 
 
+@pytest.fixture
+def ctrl_c_handled() -> Any:
+    """Python's own Ctrl-C handler, whatever this process inherited: a shell script's `cmd &`
+    starts it with SIGINT ignored, and then `interrupt_main` (the simulated Ctrl-C) does nothing."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
 def test_download_interrupted_raises_keyboard_interrupt_and_resumes(
-    fresh_server: ImageServer, tmp_path: Path
+    fresh_server: ImageServer, tmp_path: Path, ctrl_c_handled: None
 ) -> None:
     urls = [fresh_server.url(f"slow/3/{i}.jpg") for i in range(4)]
     table = tmp_path / "slow.parquet"
@@ -215,7 +225,9 @@ def test_fetch_inside_a_running_event_loop(server: ImageServer) -> None:
     assert asyncio.run(notebook_cell()).ok
 
 
-def test_fetch_interrupted_in_a_running_loop_stops_cleanly(fresh_server: ImageServer) -> None:
+def test_fetch_interrupted_in_a_running_loop_stops_cleanly(
+    fresh_server: ImageServer, ctrl_c_handled: None
+) -> None:
     def interrupt_when_fetching() -> None:
         deadline = time.monotonic() + 30
         while fresh_server.in_flight == 0 and time.monotonic() < deadline:
