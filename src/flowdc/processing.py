@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,25 @@ def _thread_pool() -> ThreadPoolExecutor:
     return _pool
 
 
+def _set_up(db: sqlite3.Connection, seconds: float = 120) -> None:
+    """WAL mode and the table. Processes starting at once on a new file race for the switch to
+    WAL, and SQLite answers "database is locked" at once there instead of waiting its busy
+    timeout (a shard failed so in CI); so the loser waits and tries again."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS claims (sha256 TEXT PRIMARY KEY, key TEXT NOT NULL)"
+            )
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class DedupeIndex:
     """sha256 -> the key stored first, shared by every process and run writing one output.
 
@@ -294,11 +314,7 @@ class DedupeIndex:
 
     def __init__(self, output: Path, shard: int) -> None:
         self.db = sqlite3.connect(output / DEDUPE_FILE, timeout=120, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS claims (sha256 TEXT PRIMARY KEY, key TEXT NOT NULL)"
-        )
+        _set_up(self.db)
         self.shard_prefix = f"{shard:05d}"
         self.mine: set[str] = set()
 
