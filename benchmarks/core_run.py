@@ -163,10 +163,9 @@ def start_nginx(
     raise RuntimeError("nginx did not start")
 
 
-def _tree_rss(session_id: int) -> tuple[int, float]:
-    """Summed RSS (bytes) and CPU seconds of every process in a session."""
-    rss, cpu = 0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
+def _session_stats(session_id: int) -> list[list[str]]:
+    """/proc/PID/stat fields after the comm field of every process in a session (zombies too)."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -174,11 +173,17 @@ def _tree_rss(session_id: int) -> tuple[int, float]:
             stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(stat[3]) != session_id:  # field 6 (session) after the comm field
-            continue
-        rss += int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-        cpu += (int(stat[11]) + int(stat[12])) / tick
-    return rss, cpu
+        if int(stat[3]) == session_id:  # field 6 (session) after the comm field
+            found.append(stat)
+    return found
+
+
+def _tree_rss(session_id: int) -> tuple[int, float]:
+    """Summed RSS (bytes) and CPU seconds of every process in a session."""
+    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    stats = _session_stats(session_id)
+    rss = sum(int(stat[21]) * page for stat in stats)
+    return rss, sum((int(stat[11]) + int(stat[12])) / tick for stat in stats)
 
 
 def _adopt_orphans() -> None:
@@ -199,22 +204,9 @@ def _reap_session(session_id: int, seconds: float = 30.0) -> None:
         except ChildProcessError:
             return
         if pid == 0:
-            if not _in_session(session_id):
+            if not _session_stats(session_id):  # nothing of it left to wait for
                 return
             time.sleep(0.02)
-
-
-def _in_session(session_id: int) -> bool:
-    """Whether a child of this process (not nginx) is still in the measured session."""
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[3]) == session_id:
-                return True
-    return False
 
 
 def measure(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:

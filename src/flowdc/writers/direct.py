@@ -102,7 +102,7 @@ class AppendFile:
                 raise
             self._stop_direct()
             written = 0
-        _write_all(self.fd, view[written:aligned])  # a short direct write: finish it plainly
+        _write_all(self.fd, view[written:aligned])  # what a short write left (still aligned)
         self._buffer.move(0, aligned, self._held - aligned)
         self._held -= aligned
 
