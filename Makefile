@@ -19,6 +19,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/lint-imports  # the layers of docs/architecture.md, in pyproject.toml
 
 # The report test opens report.html in Debian's headless Chromium; install it where apt-get can.
 browser:

@@ -116,9 +116,9 @@ def make_archive(path: Path, media_rows: int) -> None:
 
 FLOWDC = """
 import json, resource, sys, time
-from flowdc.config import DownloadConfig
-from flowdc.inputs import InputTable
-from flowdc.plan import make_plan
+from flowdc.config.options import DownloadConfig
+from flowdc.planning.inputs import InputTable
+from flowdc.planning.plan import make_plan
 started = time.monotonic()
 config = DownloadConfig(input=sys.argv[1], output=sys.argv[2], label="species")
 plan = make_plan(config, InputTable(sys.argv[1], wanted=["species"]))

@@ -19,12 +19,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.config import build_config
+from flowdc.config.loading import build_config
 from flowdc.metadata.croissant import build_croissant
 from flowdc.metadata.overview import build_overview
 from flowdc.metadata.report import build_report
 from flowdc.metadata.validate import validate_output
-from flowdc.plan import Plan
+from flowdc.planning.plan import Plan
 from flowdc.runner import run_download
 from flowdc.testserver import ImageServer, make_image
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from flowdc.writers.direct import AppendFile
+from flowdc.shard.writers.direct import AppendFile
 
 
 def _cpu() -> float:

@@ -280,10 +280,10 @@ def test_results_of_something_else_is_one_flowdc_error(
 
 
 def test_public_names_and_the_fetch_subpackage() -> None:
-    from flowdc.fetch.client import Fetcher  # the subpackage is still importable by name
+    from flowdc.shard.fetch.client import Fetcher  # the subpackage is still importable by name
 
-    assert Fetcher.__module__ == "flowdc.fetch.client"
-    assert callable(flowdc.fetch) and flowdc.fetch.__module__ == "flowdc.api"
+    assert Fetcher.__module__ == "flowdc.shard.fetch.client"
+    assert callable(flowdc.fetch) and flowdc.shard.fetch.__module__ == "flowdc.api"
     for name in flowdc.__all__:
         assert getattr(flowdc, name) is not None
     assert issubclass(flowdc.FlowDCError, Exception)

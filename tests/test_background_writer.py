@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flowdc.writers.background import BackgroundWriter
-from flowdc.writers.webdataset import TarShardWriter
+from flowdc.shard.writers.background import BackgroundWriter
+from flowdc.shard.writers.webdataset import TarShardWriter
 
 
 def test_samples_are_written_in_order_and_records_get_their_paths(tmp_path: Path) -> None:

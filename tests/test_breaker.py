@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp.abc import AbstractResolver
 
-from flowdc.fetch.breaker import Breaker, BreakerSettings
-from flowdc.fetch.client import Fetcher, FetchResult, parse_url
-from flowdc.status import HOST_UNAVAILABLE, INVALID_URL, SUCCESS
+from flowdc.core.status import HOST_UNAVAILABLE, INVALID_URL, SUCCESS
+from flowdc.shard.fetch.breaker import Breaker, BreakerSettings
+from flowdc.shard.fetch.client import Fetcher, FetchResult, parse_url
 from flowdc.testserver import HostPolicy, HostsTable, ImageServer
 from tests.conftest import run_cli
 from tests.test_e2e import assert_ok, read_results, write_csv

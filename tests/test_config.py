@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from flowdc.cli import build_parser
-from flowdc.config import DownloadConfig, build_config, read_config_file
-from flowdc.errors import FlowDCError
+from flowdc.config.loading import build_config, read_config_file
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError
 from tests.conftest import run_cli
 
 DEAD = "http://127.0.0.1:9/img"  # nothing listens on port 9: connections are refused at once

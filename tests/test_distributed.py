@@ -22,10 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc.config import DownloadConfig
-from flowdc.engines.dask import check_engine_options, parse_listen, slurm_cluster
-from flowdc.errors import FlowDCError
-from flowdc.plan import PLAN_META, PLAN_TABLE
+from flowdc.config.listen import parse_listen
+from flowdc.config.loading import build_config
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import PLAN_META, PLAN_TABLE
+from flowdc.engines.dask import slurm_cluster
 from flowdc.testserver import ImageServer
 from tests.conftest import run_cli
 
@@ -515,7 +517,7 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path: Path) -> None:
 
 
 def _run_shard_in_process(output: str, config_data: dict[str, object], done: mp.Queue) -> None:
-    from flowdc.shard import run_shard
+    from flowdc.shard.run import run_shard
 
     result = run_shard(output, 0, DownloadConfig(**config_data))
     done.put(result.successes)
@@ -526,8 +528,8 @@ def test_two_overlapping_runs_of_one_shard_commit_once(
 ) -> None:
     """What Dask may do (a lost result, a worker thought dead): both runs end well, and the
     shard holds each sample once."""
-    from flowdc.inputs import InputTable
-    from flowdc.plan import make_plan
+    from flowdc.planning.inputs import InputTable
+    from flowdc.planning.plan import make_plan
 
     listing = _write_list(tmp_path / "list.parquet", _slow_urls(fresh_server, 18))
     config = DownloadConfig(
@@ -628,9 +630,9 @@ def test_slurm_job_script(tmp_path: Path) -> None:
 
 
 def test_slurm_needs_listen(tmp_path: Path) -> None:
-    config = DownloadConfig(input="x.csv", output=str(tmp_path), engine="slurm", workers=2)
-    with pytest.raises(FlowDCError, match="needs --listen"):
-        check_engine_options(config)
+    options = {"input": "x.csv", "output": str(tmp_path), "engine": "slurm", "workers": 2}
+    with pytest.raises(FlowDCError, match=r"^--engine slurm needs --listen"):
+        build_config(options)
 
 
 # -- object storage ----------------------------------------------------------------------------

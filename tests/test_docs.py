@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from flowdc.cli import _GROUPS, build_parser
-from flowdc.config import DownloadConfig, build_config, read_config_file
+from flowdc.cli import build_parser
+from flowdc.config.groups import OPTION_GROUPS
+from flowdc.config.loading import build_config, read_config_file
+from flowdc.config.options import DownloadConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "user-guide.md"
@@ -79,8 +81,8 @@ def test_every_option_of_every_command_is_in_the_user_guide() -> None:
 def test_download_options_are_in_their_help_group_with_their_help_default() -> None:
     options = section(GUIDE.read_text(encoding="utf-8"), "Options of `flowdc download`")
     parser = subcommands()["download"]
-    groups = [group for group in parser._action_groups if group.title in _GROUPS]
-    assert [group.title for group in groups] == list(_GROUPS)
+    groups = [group for group in parser._action_groups if group.title in OPTION_GROUPS]
+    assert [group.title for group in groups] == list(OPTION_GROUPS)
     for group in groups:
         rows = option_rows(section(options, group.title))
         for action in group._group_actions:

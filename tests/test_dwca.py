@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import flowdc
-from flowdc.errors import FlowDCError
-from flowdc.inputs import InputTable
-from flowdc.licenses import LicenseFilter, canonical, split_filter
+from flowdc.core.errors import FlowDCError
+from flowdc.core.licenses import LicenseFilter, canonical, split_filter
+from flowdc.planning.inputs import InputTable
 from flowdc.testserver import ImageServer
 from tests.conftest import run_cli
 
@@ -508,7 +508,7 @@ def test_dask_engine_writes_the_same_attribution_and_filter(
 
 
 def test_no_licence_warning_when_the_images_licences_are_stated() -> None:
-    from flowdc.config import build_config
+    from flowdc.config.loading import build_config
     from flowdc.metadata.croissant import croissant_warnings
 
     config = build_config({"input": "a.zip", "output": "o", "dataset_creator": "me"})

@@ -1007,7 +1007,7 @@ def test_without_a_terminal_progress_is_a_line_now_and_then(
 ) -> None:
     """A batch job's log (stderr not a terminal, no bar) still shows the run moving; an explicit
     --no-progress (log=None) stays silent."""
-    from flowdc.engines.local import Progress
+    from flowdc.engines.base import Progress
     from flowdc.runner import _ProgressBar
 
     lines: list[str] = []

@@ -16,10 +16,11 @@ import pytest
 from aiohttp.abc import AbstractResolver
 from PIL import Image
 
-from flowdc.config import build_config
-from flowdc.fetch.client import MAX_REDIRECTS, Fetcher, FetchResult, parse_retry_after
-from flowdc.images import ImageRejected, inspect_image, to_png
-from flowdc.status import FAILED_TO_DOWNLOAD, INVALID_URL, NOT_AN_IMAGE, SUCCESS, TOO_LARGE
+from flowdc.config.loading import build_config
+from flowdc.core.errors import ImageRejected
+from flowdc.core.images import inspect_image, to_png
+from flowdc.core.status import FAILED_TO_DOWNLOAD, INVALID_URL, NOT_AN_IMAGE, SUCCESS, TOO_LARGE
+from flowdc.shard.fetch.client import MAX_REDIRECTS, Fetcher, FetchResult, parse_retry_after
 from flowdc.testserver import ImageServer, make_image
 
 T = TypeVar("T")

@@ -10,14 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from flowdc.images import (
-    Header,
-    ImageRejected,
-    _jpeg_frame,
-    _pillow_header,
-    inspect_header,
-    inspect_image,
-)
+from flowdc.core.errors import ImageRejected
+from flowdc.core.images import Header, _jpeg_frame, _pillow_header, inspect_header, inspect_image
 from flowdc.testserver import make_image
 
 

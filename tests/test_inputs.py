@@ -16,10 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc.config import DownloadConfig, build_config
-from flowdc.errors import FlowDCError
-from flowdc.inputs import InputTable
-from flowdc.plan import LABELS_FILE, PLAN_META, PLAN_TABLE, Plan, make_plan, write_labels_file
+from flowdc.config.loading import build_config
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import LABELS_FILE, PLAN_META, PLAN_TABLE
+from flowdc.planning.inputs import InputTable
+from flowdc.planning.plan import Plan, make_plan, write_labels_file
 
 HOST = "http://127.0.0.1:9"  # nothing listens on port 9; no test here downloads anything
 DEAD = f"{HOST}/img"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowdc.labels import EMPTY_LABEL_FOLDER, folder_names, is_safe_as_is
+from flowdc.core.labels import EMPTY_LABEL_FOLDER, folder_names, is_safe_as_is
 
 # The classic DOS device names: reserved with or without an extension (NUL.txt is NUL).
 CLASSIC_RESERVED = {

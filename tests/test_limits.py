@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from flowdc.fetch.aimd import (
+from flowdc.shard.fetch.aimd import (
     ADDITIVE_MIN,
     ADDITIVE_SHARE,
     DECREASE_FACTOR,
@@ -15,7 +15,7 @@ from flowdc.fetch.aimd import (
     AdaptiveRate,
     RateSettings,
 )
-from flowdc.fetch.robots import opt_out_directive
+from flowdc.shard.fetch.robots import opt_out_directive
 
 
 def bucket(
@@ -184,7 +184,7 @@ def test_unlimited_rate_is_always_available() -> None:
 
 def test_every_result_column_is_reserved_from_input_columns() -> None:
     """An input column named like a result column is renamed (input_...), never overwritten."""
-    from flowdc.plan import RESERVED_COLUMNS
-    from flowdc.shard import RESULT_FIELDS
+    from flowdc.core.results import RESULT_FIELDS
+    from flowdc.planning.plan import RESERVED_COLUMNS
 
     assert {name for name, _ in RESULT_FIELDS} <= set(RESERVED_COLUMNS)

@@ -21,8 +21,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc.config import build_config
-from flowdc.errors import FlowDCError
+from flowdc.config.loading import build_config
+from flowdc.core.errors import FlowDCError
 from flowdc.metadata.croissant import check_croissant
 from flowdc.metadata.overview import _finish_hosts
 from flowdc.metadata.report import SECTIONS, THUMBNAILS

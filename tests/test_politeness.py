@@ -13,9 +13,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from flowdc import __version__
-from flowdc.config import build_config
-from flowdc.fetch.client import Fetcher, FetchResult
+from flowdc.config.loading import build_config
+from flowdc.core.version import __version__
+from flowdc.shard.fetch.client import Fetcher, FetchResult
 from flowdc.testserver import HostPolicy, ImageServer
 from tests.conftest import run_cli
 from tests.test_e2e import assert_ok, check_tar_layout, read_results, write_csv

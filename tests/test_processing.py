@@ -15,10 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from flowdc.config import DownloadConfig
-from flowdc.errors import FlowDCError
-from flowdc.images import ImageRejected
-from flowdc.processing import DedupeIndex, Options, process_image
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError, ImageRejected
+from flowdc.shard.processing import DedupeIndex, Options, process_image
 from flowdc.testserver import make_image
 
 MODES = ["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]
@@ -338,7 +337,7 @@ def test_dedupe_claims_are_shared_and_a_killed_shards_claims_are_taken_over(tmp_
 def test_png_quality_is_a_compression_level() -> None:
     with pytest.raises(ValueError, match="compression level 0-9"):
         DownloadConfig(input="a", output="b", encode_format="png", encode_quality=50)
-    from flowdc.config import build_config
+    from flowdc.config.loading import build_config
 
     with pytest.raises(FlowDCError, match="compression level"):
         build_config(

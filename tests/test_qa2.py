@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import flowdc
-from flowdc.errors import FlowDCError
-from flowdc.inputs import InputTable
-from flowdc.plan import PLAN_META
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import PLAN_META
+from flowdc.planning.inputs import InputTable
 from flowdc.testserver import ImageServer
 
 FAST: dict[str, Any] = {
@@ -322,7 +322,7 @@ def test_the_proxy_is_chosen_once_per_host_and_no_proxy_is_honoured(
     threads: 300 us an image); no_proxy hosts go direct; credentials go apart from the URL."""
     from yarl import URL
 
-    from flowdc.fetch.proxy import Proxies
+    from flowdc.shard.fetch.proxy import Proxies
 
     monkeypatch.setenv("HTTP_PROXY", "http://user:secret@127.0.0.9:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.2,.example.org")

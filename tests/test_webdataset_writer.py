@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowdc.writers.direct import BUFFER_BYTES, AppendFile
-from flowdc.writers.webdataset import TarShardWriter, ustar_header
+from flowdc.shard.writers.direct import BUFFER_BYTES, AppendFile
+from flowdc.shard.writers.webdataset import TarShardWriter, ustar_header
 
 
 @given(

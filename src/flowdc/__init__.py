@@ -14,7 +14,7 @@ import sys
 import types
 from typing import Any
 
-__version__ = "0.1.0"
+from flowdc.core.version import __version__
 
 _EXPORTS = {
     "download": "flowdc.api",
@@ -24,8 +24,8 @@ _EXPORTS = {
     "results_dataframe": "flowdc.api",
     "DownloadResult": "flowdc.api",
     "Fetched": "flowdc.api",
-    "DownloadConfig": "flowdc.config",
-    "FlowDCError": "flowdc.errors",
+    "DownloadConfig": "flowdc.config.options",
+    "FlowDCError": "flowdc.core.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -47,7 +47,7 @@ def __dir__() -> list[str]:
 class _Package(types.ModuleType):
     """`flowdc.fetch` is the API function, although src/flowdc/fetch/ is a subpackage: importing
     a submodule binds it on its parent, and this property keeps the function there. The subpackage
-    stays importable by its full name (`from flowdc.fetch.client import Fetcher`)."""
+    stays importable by its full name (`from flowdc.shard.fetch.client import Fetcher`)."""
 
     @property
     def fetch(self) -> Any:

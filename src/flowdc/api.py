@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowdc.config import DownloadConfig, build_config, read_config_file
-from flowdc.errors import FlowDCError
-from flowdc.images import ImageRejected, inspect_image
-from flowdc.status import SUCCESS
+from flowdc.config.groups import OPTION_GROUPS
+from flowdc.config.loading import build_config, read_config_file
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError, ImageRejected
+from flowdc.core.images import inspect_image
+from flowdc.core.status import SUCCESS
 
 if TYPE_CHECKING:
     import pandas
@@ -112,8 +114,9 @@ def download(config: ConfigSource | None = None, /, **options: Any) -> DownloadR
     Raises FlowDCError for bad input, KeyboardInterrupt (after committed shards are kept) when
     interrupted; a rerun with the same options resumes.
     """
-    from flowdc.runner import Interrupted, run_download
-    from flowdc.shard import is_committed, results_path
+    from flowdc.core.errors import Interrupted
+    from flowdc.core.layout import is_committed, results_path
+    from flowdc.runner import run_download
 
     values, source = _config_values(config)
     resolved = build_config(values, options, source=source)
@@ -143,9 +146,9 @@ def download(config: ConfigSource | None = None, /, **options: Any) -> DownloadR
 
 def _fetch_options() -> list[str]:
     """The CLI's downloading and politeness options, less those that act on an output."""
-    from flowdc.cli import _GROUPS
-
-    groups = [g for t, g in _GROUPS.items() if t == "downloading" or t.startswith("politeness")]
+    groups = [
+        g for t, g in OPTION_GROUPS.items() if t == "downloading" or t.startswith("politeness")
+    ]
     return [name for group in groups for name in group if name not in _OUTPUT_ONLY]
 
 
@@ -190,7 +193,7 @@ def _facts(url: str, fetched: Any) -> Fetched:
 
 
 async def _fetch_all(urls: list[str], config: DownloadConfig) -> list[Fetched]:
-    from flowdc.fetch.client import Fetcher
+    from flowdc.shard.fetch.client import Fetcher
 
     fetcher = Fetcher(config)
     try:
@@ -225,8 +228,8 @@ def results(output: str | os.PathLike[str]) -> pa.Table:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from flowdc.plan import Plan
-    from flowdc.shard import is_committed, results_path
+    from flowdc.core.layout import is_committed, results_path
+    from flowdc.planning.plan import Plan
 
     folder = Path(output)
     if not folder.is_dir():

@@ -11,77 +11,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, get_args
 
-from flowdc import __version__
-from flowdc.config import DownloadConfig, build_config, read_config_file
-from flowdc.errors import FlowDCError
-
-_GROUPS = {
-    "input and output": (
-        "input",
-        "input_format",
-        "output",
-        "output_format",
-        "url",
-        "label",
-        "shard_size",
-        "overwrite",
-    ),
-    "downloading": (
-        "concurrent_downloads",
-        "timeout",
-        "max_retry_attempts",
-        "retry_backoff_sec",
-        "max_bytes",
-        "retry_failed",
-        "host_failure_threshold",
-        "host_cooldown",
-    ),
-    "politeness (per host)": (
-        "user_agent",
-        "contact",
-        "ignore_opt_out",
-        "enable_rate_limiting",
-        "adaptive_rate_limit",
-        "rate_limit",
-        "min_rate_limit",
-        "max_rate_limit",
-        "rate_capacity",
-    ),
-    "image processing": (
-        "resize_mode",
-        "image_size",
-        "resize_only_if_bigger",
-        "encode_format",
-        "encode_quality",
-        "min_image_size",
-        "max_aspect_ratio",
-        "max_image_area",
-        "verify_hash",
-        "dedupe",
-    ),
-    "licences and attribution": ("license_col", "license_filter"),
-    "machine use": ("processes", "progress"),
-    "distributed": (
-        "engine",
-        "listen",
-        "scheduler",
-        "workers",
-        "slurm_options",
-        "storage_options",
-    ),
-    "metadata": (
-        "create_overview",
-        "croissant",
-        "dataset_name",
-        "dataset_description",
-        "dataset_license",
-        "dataset_creator",
-        "dataset_url",
-        "dataset_version",
-        "dataset_citation",
-        "dataset_keywords",
-    ),
-}
+from flowdc.config.groups import OPTION_GROUPS
+from flowdc.config.loading import build_config, read_config_file
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError
+from flowdc.core.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,10 +33,10 @@ def _option_strings(name: str) -> list[str]:
 def _add_download_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON config file; options given here override it.")
     fields = DownloadConfig.model_fields
-    grouped = {name for names in _GROUPS.values() for name in names}
+    grouped = {name for names in OPTION_GROUPS.values() for name in names}
     missing = set(fields) - grouped
     assert not missing, f"options without a help group: {missing}"
-    for title, names in _GROUPS.items():
+    for title, names in OPTION_GROUPS.items():
         group = parser.add_argument_group(title)
         for name in names:
             field = fields[name]
@@ -284,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return (run_report if args.command == "report" else run_validate)(args.output)
     except FlowDCError as error:
-        from flowdc.runner import Interrupted
+        from flowdc.core.errors import Interrupted
 
         print(
             f"flowdc: error: {error}" if not isinstance(error, Interrupted) else f"flowdc: {error}",

@@ -14,10 +14,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.config import build_config
-from flowdc.errors import FlowDCError
+from flowdc.config.loading import build_config
+from flowdc.core.errors import FlowDCError
 from flowdc.runner import run_download
-from flowdc.storage import clear_output, is_flowdc_output
+from flowdc.storage.output import clear_output, is_flowdc_output
 from flowdc.testserver import ImageServer, make_image
 
 CLASSES = [

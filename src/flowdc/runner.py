@@ -14,33 +14,36 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc import remote
-from flowdc.config import DownloadConfig
-from flowdc.engines.dask import check_engine_options
-from flowdc.engines.local import Progress, WorkerPool, run_local
-from flowdc.errors import FlowDCError
-from flowdc.inputs import InputTable
-from flowdc.interactive import in_notebook, tqdm_class
-from flowdc.metadata.attribution import ATTRIBUTION_FILE
-from flowdc.metadata.finish import finish_metadata
-from flowdc.metadata.overview import (
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError, Interrupted
+from flowdc.core.layout import (
+    ATTRIBUTION_FILE,
     OVERVIEW_FILE,
     RUNS_FILE,
-    append_run,
-    build_overview,
-    write_overview,
+    is_committed,
+    is_remote,
+    results_path,
 )
-from flowdc.plan import Plan, check_columns, check_plan_matches, make_plan, write_labels_file
-from flowdc.remote import is_remote, stage_input
-from flowdc.retry import retry_rows
-from flowdc.shard import ShardResult, is_committed, results_path
-from flowdc.storage import OutputLock, check_output, clear_output, remove_if_unused
+from flowdc.core.results import ShardResult
+from flowdc.engines import engine_for
+from flowdc.engines.base import Engine, Progress
+from flowdc.interactive import in_notebook, tqdm_class
+from flowdc.metadata.finish import finish_metadata
+from flowdc.metadata.overview import append_run, build_overview, write_overview
+from flowdc.planning.inputs import InputTable
+from flowdc.planning.plan import (
+    Plan,
+    check_columns,
+    check_plan_matches,
+    make_plan,
+    write_labels_file,
+)
+from flowdc.shard.retry import retry_rows
+from flowdc.storage import remote
+from flowdc.storage.output import OutputLock, check_output, clear_output, remove_if_unused
+from flowdc.storage.remote import stage_input
 
 Echo = Callable[[str], None]
-
-
-class Interrupted(FlowDCError):
-    """The user stopped the run (Ctrl-C); committed shards are kept."""
 
 
 @dataclass
@@ -90,6 +93,20 @@ def _retryable_rows(plan: Plan) -> dict[int, int]:
     return found
 
 
+class _Sink:
+    """The engine's progress to the bar; committed shards' results kept for the run's record."""
+
+    def __init__(self, bar: _ProgressBar) -> None:
+        self.bar = bar
+        self.results: list[ShardResult] = []
+
+    def progress(self, totals: Progress) -> None:
+        self.bar.update(totals)
+
+    def shard_done(self, result: ShardResult) -> None:
+        self.results.append(result)
+
+
 class _ProgressBar:
     """images/s (tqdm's rate), MB/s, successes and failures, on stderr. Without a bar (stderr is
     not a terminal: a batch job, nohup, a pipe) and unless told --no-progress, a line every
@@ -137,17 +154,6 @@ class _ProgressBar:
 
 def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
     """Run or resume the download that `config` describes."""
-    check_engine_options(config)
-    if config.retry_failed and config.overwrite:
-        raise FlowDCError(
-            "--retry_failed and --overwrite contradict each other: retrying keeps the dataset, "
-            "overwriting deletes it; give one of them"
-        )
-    if config.retry_failed and is_remote(config.output):
-        raise FlowDCError(
-            "--retry_failed works on a local or shared-folder output only, not on object storage "
-            "yet; copy the output to a folder to retry its failures"
-        )
     with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
         local_input = stage_input(config.input, config.storage_options, Path(staging))
         table = InputTable(
@@ -178,33 +184,32 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
                 if plan is not None:
                     check_plan_matches(plan, config, table)
                     return _run_plan(plan, config, echo)
-                pool = _early_workers(config, table)
+                engine = engine_for(config, echo)
                 try:
+                    engine.prepare(_shards_before_planning(config, table))
                     echo(f"planning {config.input} ...")
                     plan = make_plan(config, table, source=_source(config))
                     echo(f"planned {plan.total_rows:,} rows in {plan.shard_count} shard(s)")
                     for note in table.notes:
                         echo(note)
-                    return _run_plan(plan, config, echo, pool=pool)
+                    return _run_plan(plan, config, echo, engine=engine)
                 finally:
-                    if pool is not None:
-                        pool.stop()  # at once, when planning failed; else they are done already
+                    engine.close()  # at once, when planning failed; else it is done already
         except FlowDCError:
             remove_if_unused(output, made_here)  # a bad input leaves nothing behind
             raise
 
 
-def _early_workers(config: DownloadConfig, table: InputTable) -> WorkerPool | None:
-    """The local engine's workers, started now so that their imports overlap the planning, when
-    the input says how many rows (so shards, so workers) there will be: a Parquet footer does."""
-    if config.engine != "local" or table.format != "parquet":
-        return None
+def _shards_before_planning(config: DownloadConfig, table: InputTable) -> int:
+    """How many shards the plan will have, when the input says so before it is read (a Parquet
+    footer does), else 0: an engine may start its workers while the planning runs."""
+    if table.format != "parquet":
+        return 0
     try:
         rows = pq.ParquetFile(table.path).metadata.num_rows
     except (OSError, pa.ArrowException):
-        return None  # the planning reports what is wrong with the input
-    shards = -(-rows // config.shard_size)
-    return WorkerPool(config, min(config.effective_processes(), shards)) if shards else None
+        return 0  # the planning reports what is wrong with the input
+    return -(-rows // config.shard_size)
 
 
 def _source(config: DownloadConfig) -> str | None:
@@ -240,7 +245,7 @@ def _run_plan(
     config: DownloadConfig,
     echo: Echo,
     store: remote.RemoteStore | None = None,
-    pool: WorkerPool | None = None,
+    engine: Engine | None = None,
 ) -> RunSummary:
     output = Path(plan.output)
     rows_to_run = {
@@ -257,7 +262,6 @@ def _run_plan(
         )
         rows_to_run.update(retrying)
         skipped -= len(retrying)
-    pending = sorted(rows_to_run)
     show_progress = (
         config.progress if config.progress is not None else sys.stderr.isatty() or in_notebook()
     )
@@ -266,27 +270,22 @@ def _run_plan(
     )
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     started = time.monotonic()
-    results: list[ShardResult] = []
+    sink = _Sink(bar)
     interrupted = False
     try:
-        if config.engine == "local":
-            outcome = run_local(plan, config, rows_to_run, bar.update, results.append, pool)
-        else:
-            from flowdc.engines.dask import run_dask
-
-            outcome = run_dask(plan, config, pending, bar.update, results.append, echo)
+        outcome = (engine or engine_for(config, echo)).run(plan, rows_to_run, sink)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
         seconds = time.monotonic() - started
-        if pending:
+        if rows_to_run:
             _try_append_run(
                 output,
                 {
                     "started_at": started_at,
                     "seconds": round(seconds, 3),
-                    "shards_run": len(results),
+                    "shards_run": len(sink.results),
                     "interrupted": interrupted,
                     "engine": config.engine,
                 },

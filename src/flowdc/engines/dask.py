@@ -23,27 +23,29 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowdc.config import DownloadConfig
-from flowdc.engines.local import (
+from flowdc.config.listen import parse_listen
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import is_remote
+from flowdc.core.results import ShardResult
+from flowdc.engines.base import (
     PROGRESS_INTERVAL,
     SHARDS_PER_WORKER,
+    Engine,
     EngineOutcome,
     Progress,
-    _install_event_loop_policy,
+    ProgressSink,
+    install_event_loop_policy,
 )
-from flowdc.errors import FlowDCError
-from flowdc.plan import Plan
-from flowdc.remote import is_remote, run_shard_to, worker_plan
-from flowdc.shard import ShardResult
+from flowdc.planning.plan import Plan
+from flowdc.storage.remote import run_shard_to, worker_plan
 
 # A task whose own code fails (not a lost worker: Dask reruns those by itself, up to
 # distributed.scheduler.allowed-failures times) is tried this many more times.
 TASK_RETRIES = 2
-DEFAULT_PORT = 8786
 _WORKER_ADDRESS = re.compile(r"((tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):[0-9]{1,5}")
 # A scheduler's HTTP server (health, metrics; bound to the scheduler's host) tries port 8787
 # first and warns before it takes a free one; on a shared machine that is no news.
@@ -57,62 +59,6 @@ def plan_id(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-@dataclass
-class ListenAddress:
-    protocol: str
-    host: str
-    port: int
-
-
-def parse_listen(text: str) -> ListenAddress:
-    """'HOST:PORT', 'tcp://HOST:PORT', 'tls://HOST:PORT', ':PORT' or 'PORT'."""
-    protocol, sep, rest = text.partition("://")
-    if not sep:
-        protocol, rest = "tcp", text
-    host, colon, port = rest.rpartition(":")
-    if not colon:
-        host, port = "", rest
-    host = host.strip("[]") or "127.0.0.1"
-    if protocol not in ("tcp", "tls") or not port.isdigit() or int(port) > 65535:
-        raise FlowDCError(
-            f"bad --listen {text!r}: give HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT} (or "
-            f"tls://HOST:PORT with Dask's TLS settings, see docs/distributed.md)"
-        )
-    return ListenAddress(protocol, host, int(port))
-
-
-def check_engine_options(config: DownloadConfig) -> None:
-    """Options that only one engine reads are refused elsewhere, not silently ignored."""
-    given = [
-        f"--{name}"
-        for name in ("listen", "scheduler", "workers", "slurm_options")
-        if getattr(config, name) is not None
-    ]
-    if config.engine == "local" and given:
-        raise FlowDCError(
-            f"{' and '.join(given)} need --engine dask (or slurm); the local engine runs on this "
-            f"machine only"
-        )
-    if config.listen and config.scheduler:
-        raise FlowDCError(
-            "give --listen (host a scheduler here) or --scheduler (use one that runs), not both"
-        )
-    if config.engine == "dask" and (config.workers or config.slurm_options):
-        raise FlowDCError(
-            "--workers and --slurm_options are for --engine slurm; with --engine dask, start "
-            "workers with `flowdc worker ADDRESS`"
-        )
-    if config.engine == "slurm" and config.scheduler:
-        raise FlowDCError("--engine slurm starts its own scheduler: use --listen, not --scheduler")
-    if config.engine == "slurm" and config.listen is None:
-        raise FlowDCError(
-            "--engine slurm needs --listen HOST:PORT on an address the compute nodes reach, "
-            f"e.g. --listen 0.0.0.0:{DEFAULT_PORT} (see docs/distributed.md for TLS)"
-        )
-    if config.listen is not None:
-        parse_listen(config.listen)
-
-
 def _dashboard(host: str) -> str | None:
     """A dashboard on a free port of the scheduler's host, when bokeh is installed."""
     return f"{host}:0" if importlib.util.find_spec("bokeh") is not None else None
@@ -120,7 +66,6 @@ def _dashboard(host: str) -> str | None:
 
 def slurm_cluster(config: DownloadConfig) -> Any:
     """A dask-jobqueue SLURMCluster: one worker process with two task threads per job."""
-    check_engine_options(config)
     assert config.listen is not None
     try:
         from dask_jobqueue import SLURMCluster
@@ -268,12 +213,19 @@ def _worker_processes(client: Any) -> tuple[int, int]:
     return len(threads), sum(threads.values())
 
 
-def run_dask(
+class DaskEngine(Engine):
+    """A Dask cluster: one of its own on this machine, one it hosts (--listen) for workers
+    elsewhere, one that runs (--scheduler), or SLURM jobs (--engine slurm)."""
+
+    def run(self, plan: Plan, shards: dict[int, int], sink: ProgressSink) -> EngineOutcome:
+        return _run_on_cluster(plan, self.config, sorted(shards), sink, self.echo)
+
+
+def _run_on_cluster(
     plan: Plan,
     config: DownloadConfig,
     shards: list[int],
-    on_progress: Callable[[Progress], None],
-    on_shard: Callable[[ShardResult], None],
+    sink: ProgressSink,
     echo: Callable[[str], None],
 ) -> EngineOutcome:
     """Run `shards` on a Dask cluster; return their results and any shard errors."""
@@ -321,14 +273,14 @@ def run_dask(
                     result: ShardResult = future.result()
                     tracker.finish(result)
                     outcome.results.append(result)
-                    on_shard(result)
+                    sink.shard_done(result)
                 elif future.status == "error":
                     error = future.exception()
                     outcome.errors[shard] = f"{type(error).__name__}: {error}"
                 else:
                     outcome.errors[shard] = f"the Dask task ended as {future.status}"
                 future.release()
-            on_progress(tracker.snapshot())
+            sink.progress(tracker.snapshot())
         client.unsubscribe_topic(topic)
     return outcome
 
@@ -337,7 +289,7 @@ class _WorkerState:
     """Per worker process: one event loop thread and the HTTP session its shards share."""
 
     def __init__(self) -> None:
-        _install_event_loop_policy()
+        install_event_loop_policy()
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="flowdc-loop", daemon=True).start()
         self.fetchers: dict[str, list[Any]] = {}  # key -> [fetcher, shards using it]
@@ -356,7 +308,7 @@ class _WorkerState:
             asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=5)
 
     async def _acquire(self, config: DownloadConfig, share: int) -> tuple[str, Any]:
-        from flowdc.fetch.client import Fetcher
+        from flowdc.shard.fetch.client import Fetcher
 
         key = f"{config.model_dump_json()}/{share}"
         self.latest = key

@@ -20,43 +20,23 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from flowdc.config import DownloadConfig
-from flowdc.plan import Plan
-from flowdc.shard import ShardResult
+from flowdc.config.options import DownloadConfig
+from flowdc.core.results import ShardResult
+from flowdc.engines.base import (
+    PROGRESS_INTERVAL,
+    SHARDS_PER_WORKER,
+    Engine,
+    EngineOutcome,
+    Progress,
+    ProgressSink,
+    install_event_loop_policy,
+)
+from flowdc.planning.plan import Plan
 
-SHARDS_PER_WORKER = 2
-PROGRESS_INTERVAL = 0.25
 TAIL_CHECK_SECONDS = 0.1
 """How often a worker looks whether its shard's tail has begun (time to take the next one)."""
-
-
-@dataclass
-class Progress:
-    """Totals reported by the workers since the run began."""
-
-    successes: int = 0
-    failures: int = 0
-    bytes: int = 0
-
-
-@dataclass
-class EngineOutcome:
-    results: list[ShardResult] = field(default_factory=list)
-    errors: dict[int, str] = field(default_factory=dict)
-
-
-def _install_event_loop_policy() -> None:
-    """uvloop when installed, unless FLOWDC_EVENT_LOOP=asyncio (for comparing the two)."""
-    if os.environ.get("FLOWDC_EVENT_LOOP", "uvloop") != "uvloop":
-        return
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 class _NoPandas:
@@ -100,7 +80,7 @@ def _worker_context() -> Any:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["flowdc.engines.local", "flowdc.remote", "uvloop"])
+    context.set_forkserver_preload(["flowdc.engines.local", "flowdc.storage.remote", "uvloop"])
     return context
 
 
@@ -131,8 +111,8 @@ def _worker_main(
     gc.disable()  # the imports make only objects that live on; collections there find nothing
     without_pandas()
     threading.Thread(target=_watch_parent, args=(lifeline,), daemon=True).start()
-    _install_event_loop_policy()
-    importlib.import_module("flowdc.remote")  # the shard's modules, while the parent plans
+    install_event_loop_policy()
+    importlib.import_module("flowdc.storage.remote")  # the shard's modules, while the parent plans
     _tune_garbage_collector()
 
     config = DownloadConfig(**config_data)
@@ -154,8 +134,8 @@ async def _worker_loop(
     events: mp.Queue,
     storage_options: dict[str, Any] | None,
 ) -> None:
-    from flowdc.fetch.client import Fetcher
-    from flowdc.remote import run_shard_to
+    from flowdc.shard.fetch.client import Fetcher
+    from flowdc.storage.remote import run_shard_to
 
     loop = asyncio.get_running_loop()
     fetcher = Fetcher(
@@ -269,23 +249,44 @@ class WorkerPool:
         self._lifeline.close()
 
 
-def run_local(
+class LocalEngine(Engine):
+    """Worker processes on this machine (`--processes`, default one per core)."""
+
+    def __init__(self, config: DownloadConfig, echo: Callable[[str], None]) -> None:
+        super().__init__(config, echo)
+        self.pool: WorkerPool | None = None
+
+    def prepare(self, shard_count: int) -> None:
+        """Start the workers now: their imports (about a second of CPU each) overlap planning."""
+        if shard_count and self.pool is None:
+            self.pool = WorkerPool(self.config, min(self.config.effective_processes(), shard_count))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool = None
+
+    def run(self, plan: Plan, shards: dict[int, int], sink: ProgressSink) -> EngineOutcome:
+        """Run `shards` in the worker processes (those `prepare` started, else new ones); the
+        workers are stopped when this returns."""
+        outcome = EngineOutcome()
+        if not shards:
+            self.close()
+            return outcome
+        if self.pool is None:
+            self.prepare(len(shards))
+        pool, self.pool = self.pool, None
+        assert pool is not None
+        return _run_in_pool(pool, plan, shards, sink, outcome)
+
+
+def _run_in_pool(
+    pool: WorkerPool,
     plan: Plan,
-    config: DownloadConfig,
     shards: dict[int, int],
-    on_progress: Callable[[Progress], None],
-    on_shard: Callable[[ShardResult], None],
-    pool: WorkerPool | None = None,
+    sink: ProgressSink,
+    outcome: EngineOutcome,
 ) -> EngineOutcome:
-    """Run `shards` (shard -> rows it will fetch) in worker processes (`pool`'s, else new ones);
-    return their results and any shard errors. The pool is stopped when this returns."""
-    outcome = EngineOutcome()
-    if not shards:
-        if pool is not None:
-            pool.stop()
-        return outcome
-    if pool is None:
-        pool = WorkerPool(config, min(config.effective_processes(), len(shards)))
     processes = min(pool.count, len(shards))
     for shard in sorted(shards):
         pool.tasks.put((shard, shards[shard], processes, plan.output))
@@ -315,12 +316,12 @@ def run_local(
                 progress.successes += event[1]
                 progress.failures += event[2]
                 progress.bytes += event[3]
-                on_progress(progress)
+                sink.progress(progress)
             elif kind == "done":
                 result: ShardResult = event[2]
                 remaining.discard(event[1])
                 outcome.results.append(result)
-                on_shard(result)
+                sink.shard_done(result)
             elif kind == "error":
                 remaining.discard(event[1])
                 outcome.errors[event[1]] = event[2]

@@ -16,15 +16,14 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc.config import DownloadConfig
-from flowdc.licenses import canonical, display_name, plan_license_column, split_filter
+from flowdc.config.options import DownloadConfig
+from flowdc.core.layout import ATTRIBUTION_FILE, results_path, temp_name
+from flowdc.core.licenses import canonical, display_name, split_filter
+from flowdc.core.status import SUCCESS
 from flowdc.metadata.tables import committed_shards
-from flowdc.plan import Plan
-from flowdc.shard import results_path
-from flowdc.status import SUCCESS
-from flowdc.storage import temp_name
+from flowdc.planning.license_columns import plan_license_column
+from flowdc.planning.plan import Plan
 
-ATTRIBUTION_FILE = "attribution.csv"
 ATTRIBUTION_COLUMNS = (
     "key",
     "path",
@@ -60,7 +59,7 @@ def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
 
 def license_summary(plan: Plan, config: DownloadConfig) -> dict[str, Any] | None:
     """Rows and stored images per licence (canonical URL), or None without a licence column."""
-    column = plan_license_column(plan, config)
+    column = plan_license_column(plan.extra_columns, config)
     if column is None:
         return None
     rows: Counter[str] = Counter()
@@ -100,7 +99,7 @@ def write_attribution(plan: Plan, config: DownloadConfig) -> Path | None:
 
     Written when the input has a licence column; streamed shard by shard (temp name, rename).
     """
-    license_col = plan_license_column(plan, config)
+    license_col = plan_license_column(plan.extra_columns, config)
     if license_col is None:
         return None
     columns = _columns(plan)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowdc.errors import FlowDCError
+from flowdc.core.errors import FlowDCError
 from flowdc.metadata.report import current_overview, write_report
 from flowdc.metadata.validate import validate_output
-from flowdc.plan import Plan
+from flowdc.planning.plan import Plan
 
 
 def _plan(output: str) -> Plan:

@@ -24,16 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc import __version__
-from flowdc.config import DownloadConfig
-from flowdc.licenses import NO_LICENSE
+from flowdc.config.options import DownloadConfig
+from flowdc.core.files import atomic_write_text
+from flowdc.core.layout import CROISSANT_FILE, results_path, tar_name
+from flowdc.core.licenses import NO_LICENSE
+from flowdc.core.status import SUCCESS
+from flowdc.core.version import __version__
 from flowdc.metadata.tables import committed_shards, read_results
-from flowdc.plan import Plan
-from flowdc.shard import results_path
-from flowdc.status import SUCCESS
-from flowdc.storage import atomic_write_text
+from flowdc.planning.plan import Plan
 
-CROISSANT_FILE = "croissant.json"
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
 RAI_CONFORMS_TO = "http://mlcommons.org/croissant/RAI/1.0"
 
@@ -219,13 +218,13 @@ def _distribution(plan: Plan, extensions: list[str]) -> list[dict[str, Any]]:
             files.append(
                 _file_object(
                     output,
-                    f"{shard:05d}.tar",
+                    tar_name(shard),
                     "application/x-tar",
                     f"WebDataset shard {shard}: per sample KEY.<image>, KEY.json, KEY.cls, KEY.txt",
                 )
             )
         images["description"] = "The downloaded images inside the tar shards."
-        images["containedIn"] = [{"@id": f"{shard:05d}.tar"} for shard in shards]
+        images["containedIn"] = [{"@id": tar_name(shard)} for shard in shards]
         images["includes"] = [f"*.{ext}" for ext in extensions]
     else:
         images["description"] = "The downloaded images, one folder per label."

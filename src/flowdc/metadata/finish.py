@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flowdc.config import DownloadConfig
-from flowdc.metadata.attribution import ATTRIBUTION_FILE, write_attribution
+from flowdc.config.options import DownloadConfig
+from flowdc.core.layout import ATTRIBUTION_FILE
+from flowdc.metadata.attribution import write_attribution
 from flowdc.metadata.croissant import write_croissant
 from flowdc.metadata.report import write_report
-from flowdc.plan import Plan
+from flowdc.planning.plan import Plan
 
 
 def finish_metadata(

@@ -14,22 +14,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc import __version__
-from flowdc.config import DownloadConfig
-from flowdc.fetch.scheduler import LIMITER_COUNTS
+from flowdc.config.options import DownloadConfig
+from flowdc.core.files import atomic_write_text
+from flowdc.core.layout import OVERVIEW_FILE, RUNS_FILE, is_committed, is_remote, results_path
+from flowdc.core.results import HOST_COUNTS
+from flowdc.core.status import HOST_UNAVAILABLE, SUCCESS
+from flowdc.core.version import __version__
 from flowdc.metadata.attribution import license_summary
 from flowdc.metadata.tables import read_stats
-from flowdc.plan import Plan
-from flowdc.remote import is_remote
-from flowdc.shard import is_committed, results_path
-from flowdc.status import HOST_UNAVAILABLE, SUCCESS
-from flowdc.storage import atomic_write_text
+from flowdc.planning.plan import Plan
 
-OVERVIEW_FILE = "overview.json"
 MAX_LISTED_HOSTS = 1000
 """per_host lists the hosts with the most rows, the others are summed in per_host_others: a
 web-scale URL list has millions of hosts, at about 440 bytes each in overview.json."""
-RUNS_FILE = ".flowdc-runs.jsonl"
 _COLUMNS = [
     "status",
     "error",
@@ -119,7 +116,7 @@ def _finish_hosts(
     for shard in stats:
         for host, figures in (shard.get("hosts") or {}).items():
             merged = limiter.setdefault(host, {})
-            for name in LIMITER_COUNTS:
+            for name in HOST_COUNTS:
                 if isinstance(figures.get(name), (int, float)):
                     merged[name] = merged.get(name, 0) + figures[name]
             if isinstance(figures.get("rate"), (int, float)):

@@ -19,15 +19,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowdc.config import DownloadConfig
+from flowdc.config.options import DownloadConfig
+from flowdc.core.files import atomic_write_text
+from flowdc.core.layout import OVERVIEW_FILE, REPORT_FILE, tar_path
+from flowdc.core.status import SUCCESS
 from flowdc.metadata import svg
-from flowdc.metadata.overview import OVERVIEW_FILE, build_overview
+from flowdc.metadata.overview import build_overview
 from flowdc.metadata.tables import read_results, read_stats
-from flowdc.plan import Plan
-from flowdc.status import SUCCESS
-from flowdc.storage import atomic_write_text
+from flowdc.planning.plan import Plan
 
-REPORT_FILE = "report.html"
 THUMBNAILS = 24
 THUMB_SIZE = 128
 TIME_BINS = 40
@@ -190,7 +190,7 @@ def _samples(plan: Plan, table: pa.Table) -> list[tuple[str, str, str | None]]:
             by_shard[row["shard"]].add(row["path"])
         for shard, names in by_shard.items():
             try:
-                with tarfile.open(output / f"{shard:05d}.tar") as tar:
+                with tarfile.open(tar_path(output, shard)) as tar:
                     for member in tar:
                         if member.name in names:
                             extracted = tar.extractfile(member)

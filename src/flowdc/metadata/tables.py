@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.plan import Plan
-from flowdc.shard import is_committed, results_path, stats_path
+from flowdc.core.layout import is_committed, results_path, stats_path
+from flowdc.planning.plan import Plan
 
 
 def committed_shards(plan: Plan) -> list[int]:

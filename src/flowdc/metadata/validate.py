@@ -18,12 +18,19 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from flowdc.errors import FlowDCError
-from flowdc.metadata.croissant import CROISSANT_FILE, check_croissant, sha256_of
-from flowdc.plan import Plan
-from flowdc.shard import is_committed, results_path, stats_path
-from flowdc.status import SUCCESS
-from flowdc.storage import TEMP_MARK
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import (
+    CROISSANT_FILE,
+    TEMP_MARK,
+    is_committed,
+    results_path,
+    stats_path,
+    tar_name,
+    tar_path,
+)
+from flowdc.core.status import SUCCESS
+from flowdc.metadata.croissant import check_croissant, sha256_of
+from flowdc.planning.plan import Plan
 
 MAX_SHOWN = 20
 
@@ -145,7 +152,7 @@ def _check_croissant(output: Path, verdict: Verdict, plan: Plan) -> None:
             verdict.problems.append(f"{name}: sha256 differs from {CROISSANT_FILE}")
     wanted = [results_path(output, s).name for s in range(plan.shard_count)]
     if plan.output_format == "webdataset":
-        wanted += [f"{s:05d}.tar" for s in range(plan.shard_count)]
+        wanted += [tar_name(s) for s in range(plan.shard_count)]
     for name in wanted:
         if (output / name).exists() and name not in listed:
             verdict.problems.append(
@@ -215,7 +222,7 @@ def validate_output(output: Path) -> Verdict:
             if row["status"] == SUCCESS:  # a resized or converted image has its own hash
                 expected[row["path"]] = row.get("stored_sha256") or row["sha256"]
         if plan.output_format == "webdataset":
-            _check_tar(output / f"{shard:05d}.tar", expected, verdict)
+            _check_tar(tar_path(output, shard), expected, verdict)
         else:
             folder_files.update(expected)
     if plan.output_format == "imagefolder":

@@ -9,11 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flowdc.storage import TEMP_MARK, temp_name
-
-
-def journal_path(output: Path, shard: int) -> Path:
-    return output / f".{shard:05d}.journal"
+from flowdc.core.layout import TEMP_MARK, journal_path, temp_name
 
 
 def undo_journal(output: Path, shard: int, keep: frozenset[str] = frozenset()) -> None:

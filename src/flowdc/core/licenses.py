@@ -9,15 +9,10 @@ one licence. A text that is no Creative Commons licence stays as written (trimme
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from flowdc.errors import FlowDCError
-
-if TYPE_CHECKING:
-    from flowdc.config import DownloadConfig
-    from flowdc.plan import Plan
+from flowdc.core.errors import FlowDCError
 
 NO_LICENSE = "(none)"
 _CC = "https://creativecommons.org"
@@ -164,38 +159,3 @@ def split_filter(value: str) -> list[str]:
     written in words (`CC BY-NC 4.0` is one entry when commas are used)."""
     parts = re.split(r"[,;]", value) if "," in value or ";" in value else value.split()
     return [part.strip() for part in parts if part.strip()]
-
-
-def license_column(config: DownloadConfig, names: Sequence[str], where: object) -> str | None:
-    """The input column holding licences: --license_col, else `license` when present."""
-    if config.license_col is not None:
-        if config.license_col not in names:
-            raise FlowDCError(
-                f"--license_col '{config.license_col}' is not a column of {where}; it has: "
-                f"{', '.join(names)}; name the column that holds each image's licence"
-            )
-        return config.license_col
-    if "license" in names:
-        return "license"
-    if config.license_filter is not None:
-        raise FlowDCError(
-            f"--license_filter needs each row's licence, but {where} has no column license; "
-            f"name the column with --license_col"
-        )
-    return None
-
-
-def plan_license_column(plan: Plan, config: DownloadConfig) -> str | None:
-    """The plan's (and results table's) name of the licence column, or None."""
-    wanted = config.license_col or "license"
-    return next((name for name, source in plan.extra_columns.items() if source == wanted), None)
-
-
-def row_filter(plan: Plan, config: DownloadConfig) -> tuple[str, LicenseFilter] | None:
-    """(licence column, filter) when --license_filter is given, for run_shard."""
-    if config.license_filter is None:
-        return None
-    column = plan_license_column(plan, config)
-    if column is None:
-        raise FlowDCError("--license_filter: the plan has no licence column; give --license_col")
-    return column, LicenseFilter(split_filter(config.license_filter))

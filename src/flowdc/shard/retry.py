@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc.status import SUCCESS
+from flowdc.core.status import SUCCESS
 
 
 def retry_rows(results_file: Path) -> list[int]:

@@ -17,7 +17,6 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,104 +26,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from yarl import URL
 
-from flowdc import __version__
-from flowdc.config import DownloadConfig
-from flowdc.fetch.client import Fetcher, FetchResult, parse_url
-from flowdc.fetch.scheduler import LIMITER_COUNTS, Batch
-from flowdc.images import ImageRejected
-from flowdc.licenses import row_filter
-from flowdc.plan import Plan, normalize_label
-from flowdc.processing import Duplicate, ImageProcessor
-from flowdc.retry import retry_rows
-from flowdc.status import LICENSE_FILTERED, MISSING_LABEL, SUCCESS
-from flowdc.storage import atomic_write_text, temp_name
-from flowdc.writers import SampleWriter, recover_shard
-from flowdc.writers.background import BackgroundWriter
-from flowdc.writers.imagefolder import FolderShardWriter, drop_journal
-from flowdc.writers.webdataset import TarShardWriter
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import ImageRejected
+from flowdc.core.files import atomic_write_text
+from flowdc.core.layout import is_committed, results_path, stats_path, tar_path, temp_name
+from flowdc.core.results import HOST_COUNTS, RESULT_FIELDS, ShardResult
+from flowdc.core.status import LICENSE_FILTERED, MISSING_LABEL, SUCCESS
+from flowdc.planning.license_columns import row_filter
+from flowdc.planning.plan import Plan, normalize_label
+from flowdc.shard.fetch.client import Fetcher, FetchResult, parse_url
+from flowdc.shard.fetch.scheduler import Batch
+from flowdc.shard.processing import Duplicate, ImageProcessor
+from flowdc.shard.retry import retry_rows
+from flowdc.shard.writers import SampleWriter, recover_shard
+from flowdc.shard.writers.background import BackgroundWriter
+from flowdc.shard.writers.imagefolder import FolderShardWriter, drop_journal
+from flowdc.shard.writers.webdataset import TarShardWriter
 
 ProgressCallback = Callable[[bool, int], None]
-
-RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("key", pa.string()),
-    ("shard", pa.int32()),
-    ("row", pa.int32()),
-    ("url", pa.string()),
-    ("label", pa.string()),
-    ("class_index", pa.int32()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("http_status", pa.int16()),
-    ("attempts", pa.int16()),
-    ("bytes", pa.int64()),
-    ("sha256", pa.string()),  # of the downloaded bytes
-    ("stored_sha256", pa.string()),  # of the bytes stored, when resizing or conversion changed them
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("format", pa.string()),
-    ("content_type", pa.string()),
-    ("path", pa.string()),
-    ("elapsed_seconds", pa.float32()),
-    ("host", pa.string()),
-    ("final_url", pa.string()),
-    ("retryable", pa.bool_()),
-    ("fetched_at", pa.timestamp("ms", tz="UTC")),  # when the row finished: the report's time axis
-    ("original_width", pa.int32()),
-    ("original_height", pa.int32()),
-    ("duplicate_of", pa.string()),
-]
-
-
-def results_path(output: str | Path, shard: int) -> Path:
-    return Path(output) / f"{shard:05d}.parquet"
-
-
-def stats_path(output: str | Path, shard: int) -> Path:
-    return Path(output) / f"{shard:05d}_stats.json"
-
-
-def is_committed(output: str | Path, shard: int) -> bool:
-    return stats_path(output, shard).is_file()
-
-
-@dataclass
-class ShardResult:
-    """The stats of one committed shard (also its marker file's content)."""
-
-    shard: int
-    rows: int
-    successes: int
-    failures: int
-    bytes: int
-    seconds: float
-    status_counts: dict[str, int] = field(default_factory=dict)
-    retries: int = 0
-    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per host: requests, successes, throttled (429/503 answers), latency_sum, mean_latency,
-    the rate (requests/s, this process) and concurrency its limits had settled at."""
-    started_at: str = ""
-    finished_at: str = ""
-    worker: str = ""
-    """host:pid of the process that ran the shard (the last pass of it)."""
-    flowdc_version: str = __version__
-    skipped: bool = False
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("skipped")
-        return json.dumps(data, indent=1)
-
-    @classmethod
-    def load(cls, output: str | Path, shard: int) -> ShardResult:
-        return cls.from_json(stats_path(output, shard).read_text(encoding="utf-8"))
-
-    @classmethod
-    def from_json(cls, text: str) -> ShardResult:
-        """A marker's stats, as returned for a shard that was committed already."""
-        data = json.loads(text)
-        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        known.pop("skipped", None)
-        return cls(**known, skipped=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -193,7 +112,7 @@ class _ShardRun:
         )
         self.processor = ImageProcessor(config, self.output, shard, self.needs_label)
         self.writes = BackgroundWriter(self.writer, f"flowdc-write-{shard}")
-        self.license_filter = row_filter(plan, config)
+        self.license_filter = row_filter(plan.extra_columns, config)
         self.verify_column = next(
             (name for name, source in plan.extra_columns.items() if source == config.verify_hash),
             None,
@@ -382,7 +301,7 @@ async def _retry_shard(
     table = plan.read_shard(shard)
     todo = table.filter(pc.is_in(table.column("row"), pa.array(sorted(rows), table["row"].type)))
     run = _ShardRun(plan, shard, config, fetcher, on_progress)
-    tar = output / f"{shard:05d}.tar"
+    tar = tar_path(output, shard)
     if isinstance(run.writer, TarShardWriter) and tar.exists():
         try:
             run.writer.copy_samples(tar, skip_keys=set(todo.column("key").to_pylist()))
@@ -424,7 +343,7 @@ def _merge_hosts(
     merged = {host: dict(figures) for host, figures in previous.items()}
     for host, figures in fresh.items():
         into = merged.setdefault(host, {})
-        for name in LIMITER_COUNTS:
+        for name in HOST_COUNTS:
             into[name] = round((into.get(name) or 0) + (figures.get(name) or 0), 4)
         into["mean_latency"] = (
             round(into["latency_sum"] / into["requests"], 4) if into["requests"] else None

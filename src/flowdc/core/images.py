@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from flowdc.status import NOT_AN_IMAGE, TOO_LARGE
+from flowdc.core.errors import ImageRejected
+from flowdc.core.status import NOT_AN_IMAGE, TOO_LARGE
 
 # Pillow format -> file extension. MPO is a JPEG with extra frames: its bytes are a JPEG.
 _EXTENSION = {
@@ -35,13 +36,6 @@ _EXTENSION = {
 TORCHVISION_EXTENSIONS = frozenset(
     {"jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp"}
 )
-
-
-class ImageRejected(Exception):
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)

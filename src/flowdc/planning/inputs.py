@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from flowdc.dwca import DwcArchive, is_archive
-from flowdc.errors import FlowDCError
+from flowdc.core.errors import FlowDCError
+from flowdc.planning.dwca import DwcArchive, is_archive
 
 BATCH_ROWS = 65_536
 _CSV_DELIMITERS = (",", ";", "\t", "|")

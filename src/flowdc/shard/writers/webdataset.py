@@ -14,8 +14,8 @@ import tarfile
 import time
 from pathlib import Path
 
-from flowdc.storage import temp_name
-from flowdc.writers.direct import AppendFile
+from flowdc.core.layout import tar_path, temp_name
+from flowdc.shard.writers.direct import AppendFile
 
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
@@ -45,7 +45,7 @@ class TarShardWriter:
     """Writes a shard's tar under a temporary name; `commit` renames it into place."""
 
     def __init__(self, output: Path, shard: int) -> None:
-        self.final_path = output / f"{shard:05d}.tar"
+        self.final_path = tar_path(output, shard)
         self.tmp_path = output / temp_name(self.final_path.name)
         self._file = AppendFile(self.tmp_path)  # around the page cache where it can
         self._mtime = int(time.time())

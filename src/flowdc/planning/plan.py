@@ -20,17 +20,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flowdc.config import DownloadConfig
-from flowdc.errors import FlowDCError
-from flowdc.inputs import InputTable
-from flowdc.labels import folder_names
-from flowdc.licenses import license_column
-from flowdc.storage import LOCK_FILE, TEMP_MARK, atomic_write_text, temp_name
-from flowdc.stored_options import changed_options, stored_options
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FlowDCError
+from flowdc.core.files import atomic_write_text
+from flowdc.core.labels import folder_names
+from flowdc.core.layout import (
+    LABELS_FILE,
+    LOCK_FILE,
+    PLAN_META,
+    PLAN_TABLE,
+    TEMP_MARK,
+    shard_name,
+    temp_name,
+)
+from flowdc.planning.inputs import InputTable
+from flowdc.planning.license_columns import license_column
+from flowdc.planning.stored_options import changed_options, stored_options
 
-PLAN_TABLE = ".flowdc-plan.parquet"
-PLAN_META = ".flowdc-plan.json"
-LABELS_FILE = "labels.json"
 MAX_CATEGORICAL_LABELS = 1_000_000
 PLAN_VERSION = 1
 
@@ -256,7 +262,7 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
         chunk = pa.concat_tables(pending).combine_chunks()
         head, rest = chunk.slice(0, rows), chunk.slice(rows)
         local = pa.array(range(rows), pa.int32())
-        keys = pa.array([f"{shard:05d}{i:0{key_width}d}" for i in range(rows)], pa.string())
+        keys = pa.array([f"{shard_name(shard)}{i:0{key_width}d}" for i in range(rows)], pa.string())
         head = (
             head.add_column(0, "key", keys)
             .add_column(1, "shard", pa.repeat(pa.scalar(shard, pa.int32()), rows))

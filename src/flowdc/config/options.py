@@ -6,24 +6,18 @@ underscores; an unknown key or a bad value becomes a one-line FlowDCError.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flowdc import __version__
-from flowdc.errors import FlowDCError
+from flowdc.config.listen import DEFAULT_PORT, parse_listen
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import is_remote
+from flowdc.core.licenses import LicenseFilter, split_filter
+from flowdc.core.version import __version__
 
 InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
 OutputFormat = Literal["webdataset", "imagefolder"]
@@ -324,8 +318,6 @@ class DownloadConfig(BaseModel):
     @classmethod
     def _known_licenses(cls, value: str | None) -> str | None:
         if value is not None:
-            from flowdc.licenses import LicenseFilter, split_filter
-
             try:
                 LicenseFilter(split_filter(value))
             except FlowDCError as exc:
@@ -387,80 +379,60 @@ class DownloadConfig(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _engine_options(self) -> DownloadConfig:
+        """Options that only one engine reads are refused elsewhere, not silently ignored."""
+        given = [
+            f"--{name}"
+            for name in ("listen", "scheduler", "workers", "slurm_options")
+            if getattr(self, name) is not None
+        ]
+        if self.engine == "local" and given:
+            raise ValueError(
+                f"{' and '.join(given)} need --engine dask (or slurm); the local engine runs on "
+                f"this machine only"
+            )
+        if self.listen and self.scheduler:
+            raise ValueError(
+                "give --listen (host a scheduler here) or --scheduler (use one that runs), not both"
+            )
+        if self.engine == "dask" and (self.workers or self.slurm_options):
+            raise ValueError(
+                "--workers and --slurm_options are for --engine slurm; with --engine dask, start "
+                "workers with `flowdc worker ADDRESS`"
+            )
+        if self.engine == "slurm" and self.scheduler:
+            raise ValueError(
+                "--engine slurm starts its own scheduler: use --listen, not --scheduler"
+            )
+        if self.engine == "slurm" and self.listen is None:
+            raise ValueError(
+                "--engine slurm needs --listen HOST:PORT on an address the compute nodes reach, "
+                f"e.g. --listen 0.0.0.0:{DEFAULT_PORT} (see docs/distributed.md for TLS)"
+            )
+        if self.listen is not None:
+            try:
+                parse_listen(self.listen)
+            except FlowDCError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _retry_options(self) -> DownloadConfig:
+        if self.retry_failed and self.overwrite:
+            raise ValueError(
+                "--retry_failed and --overwrite contradict each other: retrying keeps the "
+                "dataset, overwriting deletes it; give one of them"
+            )
+        if self.retry_failed and is_remote(self.output):
+            raise ValueError(
+                "--retry_failed works on a local or shared-folder output only, not on object "
+                "storage yet; copy the output to a folder to retry its failures"
+            )
+        return self
+
     def effective_processes(self) -> int:
         return max(1, min(self.processes, self.concurrent_downloads))
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(DownloadConfig.model_fields)
-
-
-def normalize_key(key: str) -> str:
-    return key.strip().lstrip("-").replace("-", "_")
-
-
-def _unknown_key_error(key: str, source: str) -> FlowDCError:
-    close = difflib.get_close_matches(normalize_key(key), OPTION_NAMES, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return FlowDCError(
-        f"unknown option '{key}' in {source}: {hint}(`flowdc download --help` lists every option)"
-    )
-
-
-def _format_validation_error(err: ValidationError, source: str) -> FlowDCError:
-    first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "config"
-    if first["type"] == "missing":
-        return FlowDCError(
-            f"missing required option '{where}' ({source}): give --{where} or set it in the "
-            f"config file"
-        )
-    if first["type"] == "extra_forbidden":
-        return _unknown_key_error(where, source)
-    got = first.get("input")
-    return FlowDCError(f"bad value for '{where}' ({source}): {first['msg']} (got {got!r})")
-
-
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a JSON config file into normalized keys, with one-line errors for every failure."""
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise FlowDCError(f"config file not found: {file}; check the --config path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FlowDCError(f"cannot read config file {file}: {exc}") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FlowDCError(
-            f"config file {file} is not valid JSON: {exc.msg} at line {exc.lineno} column "
-            f"{exc.colno}; fix the file"
-        ) from None
-    if not isinstance(raw, dict):
-        raise FlowDCError(f"config file {file} must hold a JSON object of option: value pairs")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = normalize_key(key)
-        if name not in OPTION_NAMES:
-            raise _unknown_key_error(key, str(file))
-        values[name] = value
-    return values
-
-
-def build_config(
-    file_values: dict[str, Any] | None = None,
-    overrides: dict[str, Any] | None = None,
-    source: str = "options",
-) -> DownloadConfig:
-    """Merge config-file values with overrides (command line or keyword arguments win)."""
-    merged: dict[str, Any] = {}
-    for values in (file_values or {}, overrides or {}):
-        for key, value in values.items():
-            name = normalize_key(key)
-            if name not in OPTION_NAMES:
-                raise _unknown_key_error(key, source)
-            merged[name] = value
-    try:
-        return DownloadConfig(**merged)
-    except ValidationError as err:
-        raise _format_validation_error(err, source) from None

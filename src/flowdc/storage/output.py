@@ -1,42 +1,25 @@
-"""Files on the output: atomic writes (temporary name, then rename) and guarding what exists."""
+"""Guarding a local output folder: refuse one FLOW-DC did not make, clear it for --overwrite
+(only what FLOW-DC made), lock it so two runs never write the same shards at once."""
 
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from pathlib import Path
 
-from flowdc.errors import FlowDCError
-
-TEMP_MARK = ".tmp-"
-LOCK_FILE = ".flowdc-lock"
-
-
-def temp_name(final_name: str) -> str:
-    """A hidden, unique name beside the final one; never taken for a finished file."""
-    return f".{final_name}{TEMP_MARK}{uuid.uuid4().hex[:12]}"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(temp_name(path.name))
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import (
+    LOCK_FILE,
+    PLAN_META,
+    PLAN_TABLE,
+    SAMPLE_FILE,
+    TEMP_MARK,
+    made_by_flowdc,
+)
+from flowdc.planning.plan import Plan
 
 
 def is_flowdc_output(output: Path) -> bool:
     """True when FLOW-DC planned into this folder (a finished plan, or one cut short)."""
-    from flowdc.plan import PLAN_META, PLAN_TABLE
-
     return any((output / name).exists() for name in (PLAN_META, PLAN_TABLE)) or any(
         output.glob(f".{PLAN_TABLE}{TEMP_MARK}*")
     )
@@ -75,8 +58,6 @@ def clear_output(output: Path, input_path: Path) -> list[str]:
     """Delete what FLOW-DC made in an output (for --overwrite); never an input inside it, and
     never a file it did not make (a user's notes beside the dataset): those are kept, and their
     names returned so the caller can say so."""
-    from flowdc.plan import Plan
-
     if output.resolve() in input_path.resolve().parents:
         raise FlowDCError(
             f"the input {input_path} lies inside the output {output}; --overwrite would delete "
@@ -88,34 +69,11 @@ def clear_output(output: Path, input_path: Path) -> list[str]:
     for entry in _entries(output):
         if entry.is_dir() and not entry.is_symlink() and entry.name in folders:
             kept += [f"{entry.name}/{name}" for name in _clear_class_folder(entry)]
-        elif entry.is_file() and _made_by_flowdc(entry.name):
+        elif entry.is_file() and made_by_flowdc(entry.name):
             entry.unlink()
         else:
             kept.append(entry.name)
     return kept
-
-
-def _made_by_flowdc(name: str) -> bool:
-    """A run-level or shard file FLOW-DC writes (or its temporary name)."""
-    from flowdc.metadata.attribution import ATTRIBUTION_FILE
-    from flowdc.metadata.croissant import CROISSANT_FILE
-    from flowdc.metadata.overview import OVERVIEW_FILE, RUNS_FILE
-    from flowdc.metadata.report import REPORT_FILE
-    from flowdc.plan import LABELS_FILE, PLAN_META, PLAN_TABLE
-    from flowdc.processing import DEDUPE_FILE
-
-    fixed = {
-        ATTRIBUTION_FILE, CROISSANT_FILE, OVERVIEW_FILE, RUNS_FILE, REPORT_FILE, LABELS_FILE,
-        PLAN_META, PLAN_TABLE, DEDUPE_FILE, f"{DEDUPE_FILE}-journal", f"{DEDUPE_FILE}-wal",
-        f"{DEDUPE_FILE}-shm",
-    }  # fmt: skip
-    # a temporary name is "." + the final name + TEMP_MARK + a random suffix (temp_name)
-    final = name[1 : name.index(TEMP_MARK)] if TEMP_MARK in name else name
-    return final in fixed or bool(_SHARD_FILE.match(final))
-
-
-_SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.parquet|_stats\.json|\.journal)$")
-_SAMPLE_FILE = re.compile(rf"^\.?\d{{5,}}\.[A-Za-z0-9]{{1,5}}({re.escape(TEMP_MARK)}.*)?$")
 
 
 def _clear_class_folder(folder: Path) -> list[str]:
@@ -123,7 +81,7 @@ def _clear_class_folder(folder: Path) -> list[str]:
     empty; returns the names of what it kept."""
     kept = []
     for entry in folder.iterdir():
-        if entry.is_file() and not entry.is_symlink() and _SAMPLE_FILE.match(entry.name):
+        if entry.is_file() and not entry.is_symlink() and SAMPLE_FILE.match(entry.name):
             entry.unlink()
         else:
             kept.append(entry.name)

@@ -17,7 +17,7 @@ import queue
 import threading
 from typing import Any
 
-from flowdc.writers import SampleWriter
+from flowdc.shard.writers import SampleWriter
 
 QUEUE_LIMIT = 64
 """Samples held at most (each holds its image's bytes: about 10 MB in all)."""

@@ -20,14 +20,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from flowdc.config import DownloadConfig
-from flowdc.fetch.aimd import RateSettings
-from flowdc.fetch.breaker import BreakerSettings
-from flowdc.fetch.dns import CachingResolver
-from flowdc.fetch.proxy import Proxies
-from flowdc.fetch.robots import opt_out_directive
-from flowdc.fetch.scheduler import Batch, Host, HostFigures, Job, Scheduler
-from flowdc.status import (
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import FetchFailure
+from flowdc.core.status import (
     FAILED_TO_DOWNLOAD,
     HOST_UNAVAILABLE,
     INVALID_URL,
@@ -35,6 +30,12 @@ from flowdc.status import (
     SUCCESS,
     TOO_LARGE,
 )
+from flowdc.shard.fetch.aimd import RateSettings
+from flowdc.shard.fetch.breaker import BreakerSettings
+from flowdc.shard.fetch.dns import CachingResolver
+from flowdc.shard.fetch.proxy import Proxies
+from flowdc.shard.fetch.robots import opt_out_directive
+from flowdc.shard.fetch.scheduler import Batch, Host, HostFigures, Job, Scheduler
 
 MAX_REDIRECTS = 5
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
@@ -69,30 +70,6 @@ class FetchResult:
     @property
     def ok(self) -> bool:
         return self.status == SUCCESS
-
-
-class _Failure(Exception):
-    """One attempt failed; `retryable` says whether another attempt may help."""
-
-    def __init__(
-        self,
-        status: str,
-        message: str,
-        retryable: bool,
-        http_status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retryable = retryable
-        self.http_status = http_status
-        self.retry_after = retry_after
-        self.latency: float | None = None
-        self.timed_out = False
-        self.unreachable = False
-        """No connection or no answer: what the host's circuit breaker counts."""
-        self.unresolved = False
 
 
 def parse_url(url: str | None) -> URL | None:
@@ -244,7 +221,7 @@ class Fetcher:
         figures.requests += 1
         try:
             result = await self._attempt(job.url)
-        except _Failure as failure:
+        except FetchFailure as failure:
             self._learn(job, host, figures, sent_at, failure.latency, failure)
             if (
                 failure.http_status == 429
@@ -295,7 +272,7 @@ class Fetcher:
         figures: HostFigures,
         sent_at: float,
         latency: float | None,
-        failure: _Failure | None,
+        failure: FetchFailure | None,
     ) -> None:
         """What this answer says of the host's capacity and health.
 
@@ -351,7 +328,7 @@ class Fetcher:
         answered: list[float] = []
         try:
             result = await self._follow(url, sent + self.config.timeout, answered)
-        except _Failure as failure:
+        except FetchFailure as failure:
             failure.latency = answered[0] - sent if answered else None
             raise
         result.latency = answered[0] - sent if answered else None
@@ -379,56 +356,61 @@ class Fetcher:
                         current = self._next_hop(current, response)
                         continue
                     return await self._read(current, response)
-            except _Failure:
+            except FetchFailure:
                 raise
             except asyncio.TimeoutError:
                 raise self._timed_out() from None
             except aiohttp.ClientPayloadError as exc:
-                raise _Failure(
+                raise FetchFailure(
                     FAILED_TO_DOWNLOAD, f"incomplete body: {_brief(exc)}", True
                 ) from None
             except aiohttp.InvalidURL as exc:
-                raise _Failure(INVALID_URL, f"invalid URL: {_brief(exc)}", False) from None
+                raise FetchFailure(INVALID_URL, f"invalid URL: {_brief(exc)}", False) from None
             except aiohttp.ClientConnectorDNSError as exc:
-                failure = _Failure(
-                    FAILED_TO_DOWNLOAD, f"host name does not resolve: {_brief(exc)}", True
-                )
-                failure.unreachable = failure.unresolved = True
-                raise failure from None
+                raise FetchFailure(
+                    FAILED_TO_DOWNLOAD,
+                    f"host name does not resolve: {_brief(exc)}",
+                    True,
+                    unreachable=True,
+                    unresolved=True,
+                ) from None
             except aiohttp.ClientSSLError as exc:
                 # a certificate or TLS failure does not heal by asking again
                 message = f"TLS error: {_brief(exc)}"
-                raise _Failure(FAILED_TO_DOWNLOAD, message, False) from None
+                raise FetchFailure(FAILED_TO_DOWNLOAD, message, False) from None
             except aiohttp.ClientResponseError as exc:
                 # raised by aiohttp's parser (bad Content-Length, broken chunks, garbage status
                 # line): its 400 is aiohttp's own, not the server's, so no status is recorded
-                raise _Failure(
+                raise FetchFailure(
                     FAILED_TO_DOWNLOAD, f"malformed response: {_brief(exc)}", True
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
-                failure = _Failure(FAILED_TO_DOWNLOAD, f"{type(exc).__name__}: {_brief(exc)}", True)
-                failure.unreachable = not answered  # refused, reset or dropped before headers
-                raise failure from None
-        raise _Failure(FAILED_TO_DOWNLOAD, f"more than {MAX_REDIRECTS} redirects", False)
+                raise FetchFailure(
+                    FAILED_TO_DOWNLOAD,
+                    f"{type(exc).__name__}: {_brief(exc)}",
+                    True,
+                    unreachable=not answered,  # refused, reset or dropped before headers
+                ) from None
+        raise FetchFailure(FAILED_TO_DOWNLOAD, f"more than {MAX_REDIRECTS} redirects", False)
 
-    def _timed_out(self) -> _Failure:
-        failure = _Failure(FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True)
-        failure.timed_out = True
-        return failure
+    def _timed_out(self) -> FetchFailure:
+        return FetchFailure(
+            FAILED_TO_DOWNLOAD, f"timeout after {self.config.timeout:g} s", True, timed_out=True
+        )
 
     def _next_hop(self, current: URL, response: aiohttp.ClientResponse) -> URL:
         location = response.headers["Location"]
         try:
             target = current.join(_location_url(location))
         except (ValueError, TypeError):
-            raise _Failure(
+            raise FetchFailure(
                 FAILED_TO_DOWNLOAD,
                 f"bad redirect location {location[:200]!r}",
                 False,
                 http_status=response.status,
             ) from None
         if target.scheme not in ("http", "https") or not target.host:
-            raise _Failure(
+            raise FetchFailure(
                 FAILED_TO_DOWNLOAD,
                 f"redirect to a non-http(s) URL refused: {location[:200]!r}",
                 False,
@@ -440,7 +422,7 @@ class Fetcher:
         status = response.status
         if status != 200:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise _Failure(
+            raise FetchFailure(
                 FAILED_TO_DOWNLOAD,
                 f"HTTP {status} {response.reason or ''}".strip(),
                 status in RETRYABLE_STATUS,
@@ -450,13 +432,13 @@ class Fetcher:
         if not self.config.ignore_opt_out:
             directive = opt_out_directive(response.headers.getall("X-Robots-Tag", []))
             if directive is not None:
-                raise _Failure(
+                raise FetchFailure(
                     OPTED_OUT, f"X-Robots-Tag says {directive}", False, http_status=status
                 )
         limit = self.config.max_bytes
         length = response.content_length
         if length is not None and length > limit:
-            raise _Failure(
+            raise FetchFailure(
                 TOO_LARGE,
                 f"Content-Length {length} is over max_bytes {limit}",
                 False,
@@ -469,7 +451,7 @@ class Fetcher:
             async for chunk in response.content.iter_chunked(1 << 16):
                 buffer += chunk
                 if len(buffer) > limit:
-                    raise _Failure(
+                    raise FetchFailure(
                         TOO_LARGE, f"body grew past max_bytes {limit}", False, http_status=status
                     )
             data = bytes(buffer)

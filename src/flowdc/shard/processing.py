@@ -23,17 +23,12 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from flowdc.config import DownloadConfig
-from flowdc.images import (
-    TORCHVISION_EXTENSIONS,
-    ImageRejected,
-    inspect_header,
-    is_plain_jpeg,
-    to_png,
-)
-from flowdc.status import BAD_ASPECT_RATIO, DUPLICATE, HASH_MISMATCH, NOT_AN_IMAGE, TOO_SMALL
+from flowdc.config.options import DownloadConfig
+from flowdc.core.errors import ImageRejected
+from flowdc.core.images import TORCHVISION_EXTENSIONS, inspect_header, is_plain_jpeg, to_png
+from flowdc.core.layout import DEDUPE_FILE, shard_name
+from flowdc.core.status import BAD_ASPECT_RATIO, DUPLICATE, HASH_MISMATCH, NOT_AN_IMAGE, TOO_SMALL
 
-DEDUPE_FILE = ".flowdc-dedupe.sqlite"
 _ENCODABLE = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -315,7 +310,7 @@ class DedupeIndex:
     def __init__(self, output: Path, shard: int) -> None:
         self.db = sqlite3.connect(output / DEDUPE_FILE, timeout=120, isolation_level=None)
         _set_up(self.db)
-        self.shard_prefix = f"{shard:05d}"
+        self.shard_prefix = shard_name(shard)
         self.mine: set[str] = set()
 
     def _held(self, digest: str) -> str | None:

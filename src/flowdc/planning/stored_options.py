@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowdc.config import DownloadConfig
+from flowdc.config.options import DownloadConfig
 
 STORED_OPTIONS = (
     "resize_mode",

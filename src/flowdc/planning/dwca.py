@@ -33,7 +33,7 @@ from typing import IO
 
 import pyarrow as pa
 
-from flowdc.errors import FlowDCError
+from flowdc.core.errors import FlowDCError
 
 BATCH_ROWS = 16_384  # media rows joined per query: small batches keep memory low
 META = "meta.xml"

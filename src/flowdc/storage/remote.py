@@ -21,17 +21,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flowdc.errors import FlowDCError
-from flowdc.plan import LABELS_FILE, PLAN_META, PLAN_TABLE, Plan
-from flowdc.shard import ShardResult, results_path, run_shard_async, stats_path
-
-_MARKER = re.compile(r"^\d{5,}_stats\.json$")
-
-
-def is_remote(location: str) -> bool:
-    """True for a URL that fsspec opens (s3://, gs://, ...); plain paths and file:// are local."""
-    scheme, sep, _ = location.partition("://")
-    return bool(sep) and scheme.lower() not in ("", "file")
+from flowdc.core.errors import FlowDCError
+from flowdc.core.layout import (
+    LABELS_FILE,
+    MARKER_FILE,
+    PLAN_META,
+    PLAN_TABLE,
+    is_remote,
+    results_path,
+    stats_path,
+    tar_path,
+)
+from flowdc.core.results import ShardResult
+from flowdc.planning.plan import Plan
+from flowdc.shard.run import run_shard_async
 
 
 @contextlib.contextmanager
@@ -169,7 +172,7 @@ def push_plan(store: RemoteStore, local: Path) -> None:
 def pull_committed(store: RemoteStore, local: Path, with_results: bool) -> None:
     """Copy the markers (and results tables) of committed shards into `local`."""
     for name in store.names():
-        if not _MARKER.match(name):
+        if not MARKER_FILE.match(name):
             continue
         shard = int(name.split("_", 1)[0])
         if with_results:
@@ -235,5 +238,5 @@ def _upload_shard(store: RemoteStore, staging: Path, shard: int) -> None:
     marker = stats_path(staging, shard)
     if store.read_text(marker.name) is not None:
         return
-    for path in (staging / f"{shard:05d}.tar", results_path(staging, shard), marker):
+    for path in (tar_path(staging, shard), results_path(staging, shard), marker):
         store.upload(path, path.name)

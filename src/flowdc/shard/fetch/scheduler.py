@@ -25,25 +25,13 @@ from typing import Any
 
 from yarl import URL
 
-from flowdc.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
-from flowdc.fetch.breaker import NO_BREAKER, Breaker, BreakerSettings
+from flowdc.shard.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
+from flowdc.shard.fetch.breaker import NO_BREAKER, Breaker, BreakerSettings
 
 Clock = Callable[[], float]
 KEEP_HOSTS = 4096
 """Idle hosts that never pushed back are forgotten beyond this many (LAION-style lists name
 millions of hosts); a host that throttled or slowed down keeps what was learnt of it."""
-
-
-LIMITER_COUNTS = (
-    "requests",
-    "successes",
-    "throttled",
-    "latency_sum",
-    "unavailable",
-    "marked_down",
-    "held_seconds",
-)
-"""HostFigures that add up over passes and shards (the others are the latest or the highest)."""
 
 
 @dataclass

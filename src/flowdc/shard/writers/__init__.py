@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from flowdc.core.layout import TEMP_MARK, shard_temp_prefixes
+
 
 class SampleWriter(Protocol):
     def add(
@@ -28,11 +30,9 @@ class SampleWriter(Protocol):
 def recover_shard(output: Path, shard: int, keep: frozenset[str] = frozenset()) -> None:
     """Remove what a killed run of this shard left behind, so a rerun starts clean (but the
     ImageFolder paths in `keep`, which a committed results table holds)."""
-    from flowdc.storage import TEMP_MARK
-    from flowdc.writers.imagefolder import undo_journal
+    from flowdc.shard.writers.imagefolder import undo_journal
 
-    # ".00042." and ".00042_" so that shard 10000 never matches shard 100000's files
-    for prefix in (f".{shard:05d}.", f".{shard:05d}_"):
+    for prefix in shard_temp_prefixes(shard):
         for leftover in output.glob(f"{prefix}*{TEMP_MARK}*"):
             if not in_use(leftover):
                 leftover.unlink(missing_ok=True)

@@ -1,0 +1,101 @@
+"""The output's layout: the name of every file that a run or a shard writes, in one place.
+
+An output folder holds run-level files (the plan, labels, overview, runs, report, croissant,
+attribution, dedupe index, lock) and per-shard files named by the shard's number in 5 digits
+or more: `00042.tar` (WebDataset samples), `00042.parquet` (results table), `00042_stats.json`
+(the commit marker, written last) and, while an ImageFolder shard runs, `.00042.journal`. A
+sample's key is its shard number followed by its row in the shard (planning/plan.py). Anything
+being written has a hidden temporary name (`temp_name`) until it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+PLAN_TABLE = ".flowdc-plan.parquet"
+PLAN_META = ".flowdc-plan.json"
+"""Written last when planning: a plan without it is unfinished."""
+LABELS_FILE = "labels.json"
+OVERVIEW_FILE = "overview.json"
+RUNS_FILE = ".flowdc-runs.jsonl"
+"""One line per run that ran shards: when, how long, interrupted or not, which engine."""
+REPORT_FILE = "report.html"
+CROISSANT_FILE = "croissant.json"
+ATTRIBUTION_FILE = "attribution.csv"
+DEDUPE_FILE = ".flowdc-dedupe.sqlite"
+DEDUPE_FILES = (DEDUPE_FILE, f"{DEDUPE_FILE}-journal", f"{DEDUPE_FILE}-wal", f"{DEDUPE_FILE}-shm")
+LOCK_FILE = ".flowdc-lock"
+TEMP_MARK = ".tmp-"
+
+RUN_FILES = frozenset(
+    {
+        PLAN_TABLE, PLAN_META, LABELS_FILE, OVERVIEW_FILE, RUNS_FILE, REPORT_FILE,
+        CROISSANT_FILE, ATTRIBUTION_FILE, *DEDUPE_FILES,
+    }
+)  # fmt: skip
+"""Run-level files FLOW-DC writes (not the lock, which lives as long as a run)."""
+FINISHED_FILES = (OVERVIEW_FILE, REPORT_FILE, CROISSANT_FILE, ATTRIBUTION_FILE)
+"""Written when a run ends, from the committed shards."""
+
+SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.parquet|_stats\.json|\.journal)$")
+MARKER_FILE = re.compile(r"^\d{5,}_stats\.json$")
+SAMPLE_FILE = re.compile(rf"^\.?\d{{5,}}\.[A-Za-z0-9]{{1,5}}({re.escape(TEMP_MARK)}.*)?$")
+"""An ImageFolder image (KEY.ext), or its temporary name."""
+
+
+def temp_name(final_name: str) -> str:
+    """A hidden, unique name beside the final one; never taken for a finished file."""
+    return f".{final_name}{TEMP_MARK}{uuid.uuid4().hex[:12]}"
+
+
+def final_name(name: str) -> str:
+    """The name a temporary file will have once renamed (a final name is returned as is)."""
+    return name[1 : name.index(TEMP_MARK)] if TEMP_MARK in name else name
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+def tar_name(shard: int) -> str:
+    return f"{shard:05d}.tar"
+
+
+def tar_path(output: str | Path, shard: int) -> Path:
+    return Path(output) / tar_name(shard)
+
+
+def results_path(output: str | Path, shard: int) -> Path:
+    return Path(output) / f"{shard:05d}.parquet"
+
+
+def stats_path(output: str | Path, shard: int) -> Path:
+    return Path(output) / f"{shard:05d}_stats.json"
+
+
+def journal_path(output: str | Path, shard: int) -> Path:
+    return Path(output) / f".{shard:05d}.journal"
+
+
+def shard_temp_prefixes(shard: int) -> tuple[str, str]:
+    """The starts of the shard's temporary files: ".00042." and ".00042_", so that shard 10000
+    never matches shard 100000's files."""
+    return f".{shard:05d}.", f".{shard:05d}_"
+
+
+def is_committed(output: str | Path, shard: int) -> bool:
+    return stats_path(output, shard).is_file()
+
+
+def made_by_flowdc(name: str) -> bool:
+    """A run-level or shard file FLOW-DC writes (or its temporary name)."""
+    final = final_name(name)
+    return final in RUN_FILES or bool(SHARD_FILE.match(final))
+
+
+def is_remote(location: str) -> bool:
+    """True for a URL that fsspec opens (s3://, gs://, ...); plain paths and file:// are local."""
+    scheme, sep, _ = location.partition("://")
+    return bool(sep) and scheme.lower() not in ("", "file")
