@@ -7,7 +7,10 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flowdc.testserver import ImageServer, make_image
@@ -60,3 +63,19 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+# Options that make a small test run quick: one process, short backoff, no rate limit.
+QUICK_RUN: dict[str, Any] = {
+    "processes": 1,
+    "retry_backoff_sec": 0.01,
+    "timeout": 5,
+    "enable_rate_limiting": False,
+    "shard_size": 2,
+}
+
+
+def parquet_url_table(server: ImageServer, path: Path, rows: int = 4) -> Path:
+    urls = [server.url(f"img/{i}.jpg") for i in range(rows)]
+    pq.write_table(pa.table({"url": urls, "label": ["a", "b"] * (rows // 2)}), path)
+    return path

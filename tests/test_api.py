@@ -20,6 +20,7 @@ import pytest
 
 import flowdc
 from flowdc.testserver import ImageServer
+from tests.conftest import parquet_url_table
 
 FAST: dict[str, Any] = {
     "processes": 1,
@@ -279,13 +280,23 @@ def test_results_of_something_else_is_one_flowdc_error(
         flowdc.results_dataframe(tmp_path)
 
 
-def test_public_names_and_the_fetch_subpackage() -> None:
-    from flowdc.shard.fetch.client import Fetcher  # the subpackage is still importable by name
+def test_public_names() -> None:
+    from flowdc.shard.fetch.client import Fetcher  # importing the fetch subpackage
 
     assert Fetcher.__module__ == "flowdc.shard.fetch.client"
-    assert callable(flowdc.fetch) and flowdc.shard.fetch.__module__ == "flowdc.api"
+    assert callable(flowdc.fetch) and flowdc.fetch.__module__ == "flowdc.api"
     for name in flowdc.__all__:
         assert getattr(flowdc, name) is not None
     assert issubclass(flowdc.FlowDCError, Exception)
     with pytest.raises(AttributeError):
         _ = flowdc.run_download  # internals are not part of the root
+
+
+def test_paths_may_be_pathlib_paths(fresh_server: ImageServer, tmp_path: Path) -> None:
+    """In a notebook, flowdc.download(input=Path(...)) was 'Input should be a valid string'
+    (while DownloadResult.output is a Path)."""
+    source = parquet_url_table(fresh_server, tmp_path / "urls.parquet")
+
+    result = flowdc.download(input=source, output=tmp_path / "ds", **FAST)
+
+    assert (result.successful, result.output) == (4, tmp_path / "ds")

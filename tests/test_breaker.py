@@ -20,7 +20,8 @@ from aiohttp.abc import AbstractResolver
 
 from flowdc.core.status import HOST_UNAVAILABLE, INVALID_URL, SUCCESS
 from flowdc.shard.fetch.breaker import Breaker, BreakerSettings
-from flowdc.shard.fetch.client import Fetcher, FetchResult, parse_url
+from flowdc.shard.fetch.client import Fetcher
+from flowdc.shard.fetch.http import FetchResult, parse_url
 from flowdc.testserver import HostPolicy, HostsTable, ImageServer
 from tests.conftest import run_cli
 from tests.test_e2e import assert_ok, read_results, write_csv

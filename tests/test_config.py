@@ -11,11 +11,13 @@ from typing import Any, Literal, get_args, get_origin
 import pyarrow.parquet as pq
 import pytest
 
+import flowdc
 from flowdc.cli import build_parser
 from flowdc.config.loading import build_config, read_config_file
 from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import FlowDCError
-from tests.conftest import run_cli
+from flowdc.testserver import ImageServer
+from tests.conftest import QUICK_RUN, parquet_url_table, run_cli
 
 DEAD = "http://127.0.0.1:9/img"  # nothing listens on port 9: connections are refused at once
 
@@ -573,7 +575,32 @@ def test_json_object_options_from_the_command_line_and_files() -> None:
     config = build_config(paths, {"storage_options": '{"endpoint_url": "http://127.0.0.1:9"}'})
     assert config.storage_options == {"endpoint_url": "http://127.0.0.1:9"}
     assert "storage_options" not in config.model_dump()  # may hold secrets
-    config = build_config({**paths, "slurm_options": {"queue": "short"}}, None)
+    config = build_config(
+        {**paths, "engine": "slurm", "listen": ":8786", "slurm_options": {"queue": "short"}}, None
+    )
     assert config.slurm_options == {"queue": "short"}
     with pytest.raises(FlowDCError, match=r"bad value for 'storage_options'.*not valid JSON"):
         build_config(paths, {"storage_options": "{endpoint"})
+
+
+# -- paths ---------------------------------------------------------------------------------------
+def test_home_in_config_paths_is_expanded(
+    fresh_server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell expands ~ on the command line, but not in a JSON config file or a Python call:
+    '~/datasets/birds' used to make a folder named '~' in the working directory (which a user
+    then removes with `rm -rf ~`...)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    parquet_url_table(fresh_server, home / "urls.parquet")
+    config = work / "config.json"
+    config.write_text(json.dumps({"input": "~/urls.parquet", "output": "~/datasets/birds"}))
+
+    result = flowdc.download(config, **QUICK_RUN)
+
+    assert result.successful == 4
+    assert result.output == home / "datasets" / "birds"
+    assert (home / "datasets" / "birds" / "overview.json").exists()
+    assert list(work.iterdir()) == [config]

@@ -22,14 +22,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import flowdc
 from flowdc.config.listen import parse_listen
 from flowdc.config.loading import build_config
 from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import PLAN_META, PLAN_TABLE
 from flowdc.engines.dask import slurm_cluster
+from flowdc.planning.inputs import InputTable
 from flowdc.testserver import ImageServer
-from tests.conftest import run_cli
+from tests.conftest import QUICK_RUN, run_cli
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 WAIT = 90.0  # the longest any test waits for one thing
@@ -528,7 +530,6 @@ def test_two_overlapping_runs_of_one_shard_commit_once(
 ) -> None:
     """What Dask may do (a lost result, a worker thought dead): both runs end well, and the
     shard holds each sample once."""
-    from flowdc.planning.inputs import InputTable
     from flowdc.planning.plan import make_plan
 
     listing = _write_list(tmp_path / "list.parquet", _slow_urls(fresh_server, 18))
@@ -786,3 +787,31 @@ def test_object_storage_refuses_imagefolder_and_foreign_prefixes(
     assert denied.returncode == 2, denied.stderr
     assert denied.stderr.startswith("flowdc: error: cannot use s3://flowdc-test/denied: ")
     assert "check the credentials" in denied.stderr and "Traceback" not in denied.stderr
+
+
+def test_remote_input_url_with_a_query_string(tmp_path: Path, images: dict[str, bytes]) -> None:
+    """Zenodo and presigned object-store links end in ?download=1 or ?X-Amz-...: the query
+    string was kept in the local copy's name, so the format could not be told from it."""
+    with ImageServer(dict(images), hosts=("127.0.0.1",)) as lists:
+        csv_text = "url\n" + "".join(lists.url(f"img/{i}.jpg") + "\n" for i in range(3))
+        lists.images["urls.csv"] = csv_text.encode()
+
+        result = flowdc.download(
+            input=lists.url("img/urls.csv?download=1#top"), output=str(tmp_path / "ds"), **QUICK_RUN
+        )
+
+    assert (result.total, result.successful) == (3, 3)
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("address", ["notaurl", "tcp://manager", "http://manager:8786/x"])
+def test_worker_with_a_bad_address_is_a_one_line_error(address: str) -> None:
+    """`flowdc worker notaurl` printed dask's 40-line traceback (missing port number)."""
+    from tests.conftest import run_cli
+
+    done = run_cli("worker", address, timeout=60)
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("flowdc: error:") and len(done.stderr.strip().splitlines()) == 1
+    assert address in done.stderr and "tcp://HOST:PORT" in done.stderr

@@ -31,7 +31,7 @@ from flowdc.core.errors import FlowDCError
 from flowdc.core.licenses import LicenseFilter, canonical, split_filter
 from flowdc.planning.inputs import InputTable
 from flowdc.testserver import ImageServer
-from tests.conftest import run_cli
+from tests.conftest import QUICK_RUN, run_cli
 
 # ../shared/data beside the project (a git worktree of it sits one folder deeper), or the
 # workplace's shared folder when the checkout is elsewhere (a CI clone in /tmp)
@@ -607,3 +607,28 @@ def test_reading_an_archive_holds_one_batch_not_the_archive(tmp_path: Path) -> N
         tracemalloc.stop()
         assert seen == labelled == rows
     assert peaks[60_000] < 1.3 * peaks[20_000], peaks
+
+
+def test_output_inside_an_unzipped_gbif_download_resumes(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """`--input gbif --output gbif/images`: the folder's fingerprint took in the output's own
+    files, so every rerun (a resume after a crash, --retry_failed) was refused as another input."""
+    from tests.test_dwca import IMAGE_ROWS, build_archive
+
+    folder = build_archive(tmp_path / "gbif", fresh_server, zipped=False)
+    output = folder / "images"
+    first = flowdc.download(input=str(folder), output=str(output), label="species", **QUICK_RUN)
+    assert first.total == IMAGE_ROWS
+    hits = sum(fresh_server.hits.values())
+
+    again = flowdc.download(input=str(folder), output=str(output), label="species", **QUICK_RUN)
+    retried = flowdc.download(
+        input=str(folder), output=str(output), label="species", retry_failed=True, **QUICK_RUN
+    )
+
+    assert (again.successful, retried.successful) == (first.successful, first.successful)
+    assert sum(fresh_server.hits.values()) == hits
+    (folder / "occurrence.txt").write_text("changed\n")  # the archive itself still counts
+    with pytest.raises(FlowDCError, match="input fingerprint"):
+        flowdc.download(input=str(folder), output=str(output), label="species", **QUICK_RUN)

@@ -10,18 +10,24 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from aiohttp.abc import AbstractResolver
 from PIL import Image
 
+import flowdc
 from flowdc.config.loading import build_config
 from flowdc.core.errors import ImageRejected
 from flowdc.core.images import inspect_image, to_png
 from flowdc.core.status import FAILED_TO_DOWNLOAD, INVALID_URL, NOT_AN_IMAGE, SUCCESS, TOO_LARGE
-from flowdc.shard.fetch.client import MAX_REDIRECTS, Fetcher, FetchResult, parse_retry_after
+from flowdc.shard.fetch.client import Fetcher
+from flowdc.shard.fetch.http import MAX_REDIRECTS, FetchResult, parse_retry_after
 from flowdc.testserver import ImageServer, make_image
+from tests.conftest import QUICK_RUN
 
 T = TypeVar("T")
 BACKOFF = 0.01
@@ -540,3 +546,45 @@ def test_redirect_with_raw_latin1_bytes_is_percent_encoded(images: dict[str, byt
     assert result.status == SUCCESS, result
     assert result.data == body
     assert result.final_url.endswith("/caf%E9.jpg")
+
+
+# -- networks ------------------------------------------------------------------------------------
+def test_http_proxy_from_the_environment_is_used(
+    fresh_server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cluster compute nodes often reach the web only through the proxy that http_proxy /
+    https_proxy name (curl, wget, pip and requests use it); FLOW-DC ignored it, so every URL
+    failed to connect. Nothing listens on port 9: only the proxy (the test server, which
+    answers absolute-form requests) can serve these URLs."""
+    monkeypatch.setenv("HTTP_PROXY", fresh_server.url("").rstrip("/"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    urls = [f"http://127.0.0.1:9/img/{i}.jpg" for i in range(3)]
+    source = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": urls}), source)
+
+    result = flowdc.download(input=str(source), output=str(tmp_path / "ds"), **QUICK_RUN)
+
+    assert (result.total, result.successful) == (3, 3)
+    assert flowdc.fetch(urls[0], timeout=5).status == "success"
+
+
+def test_the_proxy_is_chosen_once_per_host_and_no_proxy_is_honoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read once (aiohttp's trust_env read the environment and ~/.netrc on every request, in
+    threads: 300 us an image); no_proxy hosts go direct; credentials go apart from the URL."""
+    from yarl import URL
+
+    from flowdc.shard.fetch.proxy import Proxies
+
+    monkeypatch.setenv("HTTP_PROXY", "http://user:secret@127.0.0.9:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2,.example.org")
+    proxies = Proxies()
+    monkeypatch.delenv("HTTP_PROXY")  # read once: a later change is not seen
+    chosen = proxies.for_url(URL("http://127.0.0.1/a.jpg"))
+    assert chosen is not None
+    assert (str(chosen[0]), chosen[1] and chosen[1].password) == ("http://127.0.0.9:3128", "secret")
+    assert proxies.for_url(URL("http://127.0.0.2/a.jpg")) is None
+    assert proxies.for_url(URL("http://img.example.org/a.jpg")) is None
+    assert proxies.for_url(URL("https://127.0.0.1/a.jpg")) is None  # no https_proxy given

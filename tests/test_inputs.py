@@ -16,12 +16,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+import flowdc
 from flowdc.config.loading import build_config
 from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import LABELS_FILE, PLAN_META, PLAN_TABLE
 from flowdc.planning.inputs import InputTable
 from flowdc.planning.plan import Plan, make_plan, write_labels_file
+from flowdc.testserver import ImageServer
+from tests.conftest import QUICK_RUN
 
 HOST = "http://127.0.0.1:9"  # nothing listens on port 9; no test here downloads anything
 DEAD = f"{HOST}/img"
@@ -1169,3 +1172,154 @@ def test_tsv_bare_quotes_do_not_swallow_rows(tmp_path: Path) -> None:
     rows = pa.Table.from_batches(list(InputTable(path).batches())).to_pylist()
     assert [row["label"] for row in rows] == ["A", "B", "C"]
     assert rows[0]["remarks"] == '"collected near the river'
+
+
+# -- inputs exported from spreadsheets and shell tools ------------------------------------------
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_csv_with_another_delimiter_is_read(tmp_path: Path, delimiter: str) -> None:
+    """Excel in many locales saves "CSV" with semicolons (and a BOM, and CRLF); a .csv that is
+    really tab-separated is common too. Each used to be one column named 'url;label'."""
+    path = tmp_path / "urls.csv"
+    d = delimiter
+    text = (
+        f"\ufeffurl{d}label{d}note\r\n"
+        f"http://127.0.0.1:9/a.jpg{d}cat{d}x\r\n"
+        f"http://127.0.0.1:9/b.jpg?x=1,2{d}dog, big{d}\r\n"
+    )
+    path.write_bytes(text.encode("utf-8"))
+
+    columns, rows = read_rows(path)
+
+    assert columns == ["url", "label", "note"]
+    assert rows == [
+        {"url": "http://127.0.0.1:9/a.jpg", "label": "cat", "note": "x"},
+        {"url": "http://127.0.0.1:9/b.jpg?x=1,2", "label": "dog, big", "note": ""},
+    ]
+
+
+def test_gbif_simple_csv_is_tab_separated_with_bare_quotes(tmp_path: Path) -> None:
+    """GBIF's SIMPLE_CSV downloads are tab-separated files named .csv, with bare quotes."""
+    path = tmp_path / "0012345-260101.csv"
+    path.write_text('gbifID\tidentifier\tlocality\n1\thttp://h/a.jpg\t5" north of "the lake\n')
+
+    assert read_rows(path) == (
+        ["gbifID", "identifier", "locality"],
+        [{"gbifID": "1", "identifier": "http://h/a.jpg", "locality": '5" north of "the lake'}],
+    )
+
+
+def test_semicolon_csv_keeps_quoted_cells(tmp_path: Path) -> None:
+    path = tmp_path / "urls.csv"
+    path.write_text('url;label\r\nhttp://h/a.jpg;"a; b"\r\nhttp://h/b.jpg;"two\r\nlines"\r\n')
+
+    assert read_rows(path)[1] == [
+        {"url": "http://h/a.jpg", "label": "a; b"},
+        {"url": "http://h/b.jpg", "label": "two\r\nlines"},
+    ]
+
+
+@pytest.mark.parametrize("name", ["label;kind", "tags;a;b;c", "a|b"])
+def test_comma_csv_whose_header_has_other_delimiters_stays_comma(tmp_path: Path, name: str) -> None:
+    """A header with any comma is read as it always was."""
+    path = tmp_path / "urls.csv"
+    path.write_text(f"url,{name}\nhttp://h/a.jpg,x;y\n")
+
+    assert read_rows(path) == (["url", name], [{"url": "http://h/a.jpg", name: "x;y"}])
+
+
+def test_csv_with_trailing_empty_columns(tmp_path: Path) -> None:
+    """Spreadsheets export empty columns as 'url,label,,'; the two nameless columns used to be
+    refused as duplicate column names ['']."""
+    path = tmp_path / "urls.csv"
+    path.write_text("url,label,,\r\nhttp://h/a.jpg,cat,,\r\n")
+
+    assert read_rows(path) == (
+        ["url", "label", "column_2", "column_3"],
+        [{"url": "http://h/a.jpg", "label": "cat", "column_2": "", "column_3": ""}],
+    )
+
+
+@pytest.mark.parametrize("header", ["url", "photo_url", "image URL"])
+def test_txt_url_list_with_a_one_word_header(tmp_path: Path, header: str) -> None:
+    """`cut -d, -f1 list.csv > urls.txt` keeps the header: it names the column instead of
+    becoming an invalid_url row (and --url photo_url used to fail with 'it has: url')."""
+    path = tmp_path / "urls.txt"
+    path.write_text(f"{header}\nhttp://h/a.jpg\n\nhttp://h/b.jpg\n")
+
+    assert read_rows(path) == (
+        [header],
+        [{header: "http://h/a.jpg"}, {header: "http://h/b.jpg"}],
+    )
+
+
+def test_txt_url_list_without_header_is_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "urls.txt"
+    path.write_text("www.example.org/a.jpg\nhttp://h/b.jpg\n")
+
+    assert read_rows(path) == (
+        ["url"],
+        [{"url": "www.example.org/a.jpg"}, {"url": "http://h/b.jpg"}],
+    )
+
+
+def test_txt_with_header_downloads_every_url(fresh_server: ImageServer, tmp_path: Path) -> None:
+    path = tmp_path / "urls.txt"
+    path.write_text(
+        "photo_url\n" + "".join(fresh_server.url(f"img/{i}.jpg") + "\n" for i in range(3))
+    )
+
+    result = flowdc.download(
+        input=str(path), output=str(tmp_path / "ds"), url="photo_url", **QUICK_RUN
+    )
+
+    assert (result.total, result.successful) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"), [("xlsx", "Excel (.xlsx)"), ("parquet", "parquet"), ("xls", "(.xls)")]
+)
+def test_binary_table_named_as_text_says_what_it_is(tmp_path: Path, kind: str, hint: str) -> None:
+    """A workbook saved as list.csv (or a parquet renamed) was 'not UTF-8 text'."""
+    if kind == "xlsx":
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        book.active.append(["url"])
+        book.save(tmp_path / "list.xlsx")
+    elif kind == "parquet":
+        pq.write_table(pa.table({"url": ["http://h/a.jpg"]}), tmp_path / "list.parquet")
+    else:
+        (tmp_path / "list.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00\xff" * 300)
+    path = tmp_path / "list.csv"
+    path.write_bytes((tmp_path / f"list.{kind}").read_bytes())
+
+    with pytest.raises(FlowDCError) as error:
+        list(InputTable(path).batches())
+
+    assert hint in str(error.value) and "--input_format" in str(error.value)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt", ".jsonl"])
+@pytest.mark.parametrize("rows_before", [0, 3000])
+def test_input_that_is_not_utf8_says_how_to_fix_it(
+    tmp_path: Path, suffix: str, rows_before: int
+) -> None:
+    """Excel on Windows saves "CSV" in cp1252: the error said to set --input_format, which does
+    not help; it now names the encoding problem and the fix."""
+    path = tmp_path / f"urls{suffix}"
+    if suffix == ".jsonl":
+        lines = [b'{"url": "http://h/a.jpg", "label": "cat"}'] * rows_before
+        lines.append(b'{"url": "http://h/b.jpg", "label": "caf\xe9"}')
+    else:
+        sep = b"\t" if suffix == ".tsv" else b","
+        cell = b"" if suffix == ".txt" else sep + b"x"
+        header = [] if suffix == ".txt" else [b"url" + sep + b"label"]
+        lines = header + [b"http://h/a.jpg" + cell] * rows_before + [b"http://h/caf\xe9.jpg" + cell]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    with pytest.raises(FlowDCError) as error:
+        list(InputTable(path).batches())
+
+    message = str(error.value)
+    assert "\n" not in message and "is not UTF-8" in message and "save it as UTF-8" in message
+    assert "--input_format" not in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -12,7 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import flowdc
 from flowdc.core.labels import EMPTY_LABEL_FOLDER, folder_names, is_safe_as_is
+from flowdc.testserver import ImageServer
+from tests.conftest import QUICK_RUN
 
 # The classic DOS device names: reserved with or without an extension (NUL.txt is NUL).
 CLASSIC_RESERVED = {
@@ -250,3 +254,35 @@ def test_labels_named_like_flowdc_or_loader_files_get_other_folders(label: str) 
     """A folder named 00000_stats.json would pass for a shard's commit marker."""
     folder = folder_names([label])[label]
     assert folder != label and folder.casefold() != label.casefold()
+
+
+# -- labels ----------------------------------------------------------------------------------------
+def test_labels_differing_only_in_surrounding_spaces_are_one_class(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """A hand-edited spreadsheet has 'Rosa canina ' beside 'Rosa canina': they were two classes
+    (two folders, 'Rosa canina' and 'Rosa canina_<hash>'), splitting one species."""
+    source = tmp_path / "urls.csv"
+    labels = ["Rosa canina", "Rosa canina ", " Rosa canina", "Bellis\t", "Bellis", "  "]
+    lines = [f"{fresh_server.url(f'img/{i}.jpg')},{label}" for i, label in enumerate(labels)]
+    source.write_text("url,label\n" + "\n".join(lines) + "\n")
+
+    result = flowdc.download(
+        input=str(source),
+        output=str(tmp_path / "ds"),
+        label="label",
+        output_format="imagefolder",
+        **QUICK_RUN,
+    )
+
+    assert result.successful == 5 and result.failures == {"missing_label": 1}
+    classes = json.loads((tmp_path / "ds" / "labels.json").read_text())
+    assert [(c["label"], c["folder"], c["images"]) for c in classes] == [
+        ("Bellis", "Bellis", 2),
+        ("Rosa canina", "Rosa canina", 3),
+    ]
+    assert set(flowdc.results(tmp_path / "ds").column("label").to_pylist()) == {
+        "Bellis",
+        "Rosa canina",
+        None,
+    }

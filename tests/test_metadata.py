@@ -18,16 +18,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import flowdc
 from flowdc.config.loading import build_config
 from flowdc.core.errors import FlowDCError
 from flowdc.metadata.croissant import check_croissant
 from flowdc.metadata.overview import _finish_hosts
 from flowdc.metadata.report import SECTIONS, THUMBNAILS
 from flowdc.testserver import ImageServer
-from tests.conftest import run_cli
+from tests.conftest import QUICK_RUN, run_cli
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = (
@@ -456,3 +458,33 @@ def test_report_opens_in_headless_chromium_without_console_errors(
     assert ":CONSOLE" not in done.stderr, done.stderr
     for section_id, _ in SECTIONS:
         assert f'id="{section_id}"' in done.stdout
+
+
+# -- web-scale lists ---------------------------------------------------------------------------
+def test_overview_lists_the_biggest_hosts_and_sums_the_others(
+    fresh_server: ImageServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LAION-style list has millions of hosts: overview.json listed every one (about 440
+    bytes each: 8.8 MB for 20,000 hosts, gigabytes at web scale). Nothing listens on port 9 of
+    these loopback addresses, so each of those rows fails at once."""
+    import flowdc.metadata.overview as overview_module
+
+    monkeypatch.setattr(overview_module, "MAX_LISTED_HOSTS", 5)
+    urls = [fresh_server.url(f"img/{i}.jpg") for i in range(3)]
+    urls += [f"http://127.9.0.{i}:9/x.jpg" for i in range(1, 9)]
+    source = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": urls}), source)
+
+    result = flowdc.download(
+        input=str(source), output=str(tmp_path / "ds"), **{**QUICK_RUN, "max_retry_attempts": 0}
+    )
+
+    overview = json.loads((tmp_path / "ds" / "overview.json").read_text())
+    listed = overview["per_host"]
+    assert len(listed) == 5
+    assert listed["127.0.0.1"]["rows"] == 3  # the biggest host first
+    others = overview["per_host_others"]
+    assert others["hosts"] == 4 and others["rows"] == 4 and others["failures"] == 4
+    assert sum(f["rows"] for f in listed.values()) + others["rows"] == result.total == 11
+    report = (tmp_path / "ds" / "report.html").read_text()
+    assert "and 4 more hosts" in report

@@ -15,7 +15,8 @@ import pytest
 
 from flowdc.config.loading import build_config
 from flowdc.core.version import __version__
-from flowdc.shard.fetch.client import Fetcher, FetchResult
+from flowdc.shard.fetch.client import Fetcher
+from flowdc.shard.fetch.http import FetchResult
 from flowdc.testserver import HostPolicy, ImageServer
 from tests.conftest import run_cli
 from tests.test_e2e import assert_ok, check_tar_layout, read_results, write_csv

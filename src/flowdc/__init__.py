@@ -10,8 +10,6 @@ The public API (docs/user-guide.md, "Python and notebooks"):
 Names are imported on first use, so `import flowdc` stays cheap for worker processes.
 """
 
-import sys
-import types
 from typing import Any
 
 from flowdc.core.version import __version__
@@ -42,22 +40,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-class _Package(types.ModuleType):
-    """`flowdc.fetch` is the API function, although src/flowdc/fetch/ is a subpackage: importing
-    a submodule binds it on its parent, and this property keeps the function there. The subpackage
-    stays importable by its full name (`from flowdc.shard.fetch.client import Fetcher`)."""
-
-    @property
-    def fetch(self) -> Any:
-        from flowdc.api import fetch
-
-        return fetch
-
-    @fetch.setter
-    def fetch(self, value: Any) -> None:
-        pass  # the import system binding the subpackage: keep the function
-
-
-sys.modules[__name__].__class__ = _Package

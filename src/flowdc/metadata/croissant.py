@@ -12,9 +12,7 @@ on: `@vocab` https://schema.org/, `containedIn` in a 1.1 context, references as
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,11 @@ import pyarrow.parquet as pq
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import CROISSANT_FILE, results_path, tar_name
+from flowdc.core.layout import CROISSANT_FILE, results_path
 from flowdc.core.licenses import NO_LICENSE
 from flowdc.core.status import SUCCESS
 from flowdc.core.version import __version__
+from flowdc.metadata.croissant_records import classes_record_set, distribution, record_sets
 from flowdc.metadata.tables import committed_shards, read_results
 from flowdc.planning.plan import Plan
 
@@ -82,38 +81,13 @@ CONTEXT: dict[str, Any] = {
     "transform": "cr:transform",
 }
 
-MEDIA_TYPES = {
-    "jpg": "image/jpeg",
-    "png": "image/png",
-    "gif": "image/gif",
-    "webp": "image/webp",
-    "bmp": "image/bmp",
-    "tif": "image/tiff",
-    "tiff": "image/tiff",
-    "ico": "image/vnd.microsoft.icon",
-    "ppm": "image/x-portable-pixmap",
-    "pgm": "image/x-portable-graymap",
-}
 DEFAULT_LICENSE = (
     "Not stated: each image keeps the license of its source; see each image's url in the "
     "results tables"
 )
 DEFAULT_CREATOR = "Not stated (set dataset_creator)"
-# Results columns a comprehensive croissant exposes per image, beside key, image and label.
-_IMAGE_FACTS = ("url", "sha256", "width", "height", "format", "bytes", "http_status", "fetched_at")
-# mlcroissant applies a joined field's transform twice (in the join, then when reading the
-# field), so the pattern also matches its own output, a bare key.
-_KEY_REGEX = r"^(?:.*/)?([0-9]+)(?:\.[A-Za-z0-9]+)?$"
 
 Warn = Callable[[str], None]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _license(value: str | None) -> str:
@@ -136,207 +110,6 @@ def _licenses(config: DownloadConfig, overview: dict[str, Any]) -> str | list[st
         return _license(config.dataset_license)
     given = [_license(config.dataset_license)] if config.dataset_license else []
     return list(dict.fromkeys(given + stored))
-
-
-def _data_type(kind: pa.DataType) -> str:
-    if pa.types.is_boolean(kind):
-        return "sc:Boolean"
-    if pa.types.is_integer(kind):
-        return "sc:Integer"
-    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
-        return "sc:Float"
-    if pa.types.is_timestamp(kind):
-        return "sc:DateTime"
-    if pa.types.is_date(kind):
-        return "sc:Date"
-    return "sc:Text"
-
-
-def _file_object(output: Path, name: str, media_type: str, description: str) -> dict[str, Any]:
-    path = output / name
-    return {
-        "@type": "cr:FileObject",
-        "@id": name,
-        "name": name,
-        "description": description,
-        "contentUrl": name,
-        "encodingFormat": media_type,
-        "contentSize": f"{path.stat().st_size} B",
-        "sha256": sha256_of(path),
-    }
-
-
-def _field_ids(names: list[str]) -> dict[str, str]:
-    """An @id part per column: mlcroissant refuses @ids with spaces, and `/` separates the
-    record set from the field; distinct, and never `image` (the samples' own field)."""
-    taken = {"image"}
-    ids = {}
-    for name in names:
-        base = re.sub(r"[^\w-]", "_", name) or "column"
-        ident, n = base, 1
-        while ident in taken:
-            n += 1
-            ident = f"{base}_{n}"
-        taken.add(ident)
-        ids[name] = ident
-    return ids
-
-
-def _field(
-    record_set: str,
-    name: str,
-    data_type: str,
-    source: dict[str, Any],
-    ident: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "@type": "cr:Field",
-        "@id": f"{record_set}/{ident or name}",
-        "name": name,
-        "dataType": data_type,
-        "source": source,
-    }
-
-
-def _column_field(name: str, kind: pa.DataType, ident: str) -> dict[str, Any]:
-    source = {"fileSet": {"@id": "results-tables"}, "extract": {"column": name}}
-    return _field("results", name, _data_type(kind), source, ident)
-
-
-def _distribution(plan: Plan, extensions: list[str]) -> list[dict[str, Any]]:
-    output = Path(plan.output)
-    shards = committed_shards(plan)
-    files: list[dict[str, Any]] = []
-    images: dict[str, Any] = {
-        "@type": "cr:FileSet",
-        "@id": "images",
-        "name": "images",
-        "encodingFormat": [MEDIA_TYPES.get(ext, f"image/{ext}") for ext in extensions],
-    }
-    if plan.output_format == "webdataset":
-        for shard in shards:
-            files.append(
-                _file_object(
-                    output,
-                    tar_name(shard),
-                    "application/x-tar",
-                    f"WebDataset shard {shard}: per sample KEY.<image>, KEY.json, KEY.cls, KEY.txt",
-                )
-            )
-        images["description"] = "The downloaded images inside the tar shards."
-        images["containedIn"] = [{"@id": tar_name(shard)} for shard in shards]
-        images["includes"] = [f"*.{ext}" for ext in extensions]
-    else:
-        images["description"] = "The downloaded images, one folder per label."
-        images["includes"] = [f"*/*.{ext}" for ext in extensions]
-    for shard in shards:
-        files.append(
-            _file_object(
-                output,
-                results_path(output, shard).name,
-                "application/x-parquet",
-                f"Results table of shard {shard}: one row per input row, failures included.",
-            )
-        )
-    files.append(images)
-    files.append(
-        {
-            "@type": "cr:FileSet",
-            "@id": "results-tables",
-            "name": "results-tables",
-            "description": "Every results table (NNNNN.parquet) read as one table.",
-            "encodingFormat": "application/x-parquet",
-            "includes": "[0-9][0-9][0-9][0-9][0-9].parquet",
-        }
-    )
-    return files
-
-
-def _record_sets(plan: Plan, schema: pa.Schema, comprehensive: bool) -> list[dict[str, Any]]:
-    result_columns = ["key", "label", "status"] if plan.label_column else ["key", "status"]
-    if comprehensive:
-        result_columns += ["error", *_IMAGE_FACTS, *plan.extra_columns]
-    result_columns = [name for name in dict.fromkeys(result_columns) if name in schema.names]
-    ids = _field_ids(result_columns)
-    results = {
-        "@type": "cr:RecordSet",
-        "@id": "results",
-        "name": "results",
-        "description": "One record per input row, failures included (status, error).",
-        "key": {"@id": "results/key"},
-        "field": [
-            _column_field(name, schema.field(name).type, ids[name]) for name in result_columns
-        ],
-    }
-    sample_fields = [
-        {
-            **_field(
-                "samples",
-                "key",
-                "sc:Text",
-                {
-                    "fileSet": {"@id": "images"},
-                    "extract": {"fileProperty": "fullpath"},
-                    "transform": {"regex": _KEY_REGEX},
-                },
-            ),
-            "references": {"field": {"@id": "results/key"}},
-        },
-        _field(
-            "samples",
-            "image",
-            "sc:ImageObject",
-            {"fileSet": {"@id": "images"}, "extract": {"fileProperty": "content"}},
-        ),
-    ]
-    joined = [name for name in result_columns if name not in ("key", "status", "error")]
-    for name in joined:
-        sample_fields.append(
-            _field(
-                "samples",
-                name,
-                _data_type(schema.field(name).type),
-                {"field": {"@id": f"results/{ids[name]}"}},
-                ids[name],
-            )
-        )
-    samples = {
-        "@type": "cr:RecordSet",
-        "@id": "samples",
-        "name": "samples",
-        "description": "One record per downloaded image: the image, its key and its label.",
-        "key": {"@id": "samples/key"},
-        "field": sample_fields,
-    }
-    return [samples, results]
-
-
-def _classes(class_counts: dict[str, int], plan: Plan) -> dict[str, Any]:
-    index = plan.class_index() if plan.output_format == "webdataset" else {}
-    rows = []
-    for label in plan.labels or sorted(class_counts):
-        row: dict[str, Any] = {"classes/label": label, "classes/images": class_counts.get(label, 0)}
-        if index:
-            row["classes/index"] = index[label]
-        rows.append(row)
-    fields = [
-        {"@type": "cr:Field", "@id": "classes/label", "name": "label", "dataType": "sc:Text"},
-        {"@type": "cr:Field", "@id": "classes/images", "name": "images", "dataType": "sc:Integer"},
-    ]
-    if index:
-        fields.append(
-            {"@type": "cr:Field", "@id": "classes/index", "name": "index", "dataType": "sc:Integer"}
-        )
-    return {
-        "@type": "cr:RecordSet",
-        "@id": "classes",
-        "name": "classes",
-        "description": "The class list with the number of downloaded images of each class"
-        + (" and its class index (the .cls member)." if index else "."),
-        "key": {"@id": "classes/label"},
-        "field": fields,
-        "data": rows,
-    }
 
 
 def _iso(value: str | None) -> str | None:
@@ -440,8 +213,8 @@ def build_croissant(
         "version": version,
         "citeAs": config.dataset_citation
         or f"{creator} ({published[:4]}). {name} (version {version}). {url}",
-        "distribution": _distribution(plan, extensions),
-        "recordSet": _record_sets(plan, schema, level == "comprehensive_croissant"),
+        "distribution": distribution(plan, extensions),
+        "recordSet": record_sets(plan, schema, level == "comprehensive_croissant"),
     }
     if level == "comprehensive_croissant":
         doc["conformsTo"] = [CONFORMS_TO, RAI_CONFORMS_TO]
@@ -467,7 +240,7 @@ def build_croissant(
         )
         doc.update(_responsible_ai(plan, config, overview, timeframe))
         if overview.get("class_counts") is not None:
-            doc["recordSet"].append(_classes(overview["class_counts"], plan))
+            doc["recordSet"].append(classes_record_set(overview["class_counts"], plan))
     return doc
 
 

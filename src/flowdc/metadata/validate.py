@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from flowdc.core.errors import FlowDCError
+from flowdc.core.files import sha256_of
 from flowdc.core.layout import (
     CROISSANT_FILE,
     TEMP_MARK,
@@ -29,7 +30,7 @@ from flowdc.core.layout import (
     tar_path,
 )
 from flowdc.core.status import SUCCESS
-from flowdc.metadata.croissant import check_croissant, sha256_of
+from flowdc.metadata.croissant import check_croissant
 from flowdc.planning.plan import Plan
 
 MAX_SHOWN = 20

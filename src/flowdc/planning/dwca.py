@@ -26,7 +26,6 @@ import sqlite3
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import IO
@@ -34,13 +33,9 @@ from typing import IO
 import pyarrow as pa
 
 from flowdc.core.errors import FlowDCError
+from flowdc.planning.dwca_meta import META, URL_TERMS, FileSpec, parse_meta
 
 BATCH_ROWS = 16_384  # media rows joined per query: small batches keep memory low
-META = "meta.xml"
-MULTIMEDIA_ROW_TYPES = (
-    "http://rs.gbif.org/terms/1.0/Multimedia",
-    "http://rs.tdwg.org/ac/terms/Multimedia",
-)
 # Core terms every URL row keeps (those the archive has), besides the --label term: enough to
 # name classes at any rank, cite the record and place it, without copying 200+ columns per image.
 KEPT_CORE_TERMS = (
@@ -79,7 +74,6 @@ MEDIA_COLUMNS = {
     "publisher": ("publisher",),
     "references": ("references", "furtherInformationURL"),
 }
-URL_TERMS = ("accessURI", "identifier")
 # Filled from the occurrence when the multimedia row leaves them empty.
 FROM_OCCURRENCE = ("license", "rightsHolder", "publisher", "references")
 _STILL_IMAGE = ("stillimage", "http://purl.org/dc/dcmitype/stillimage", "image")
@@ -90,66 +84,6 @@ def is_archive(path: Path) -> bool:
     if path.is_dir():
         return (path / META).is_file()
     return path.suffix.lower() == ".zip"
-
-
-def _local(term: str) -> str:
-    return term.rstrip("/").rsplit("/", 1)[-1].rsplit("#", 1)[-1].rsplit("}", 1)[-1]
-
-
-def _unescape(value: str) -> str:
-    return value.replace("\\t", "\t").replace("\\r", "\r").replace("\\n", "\n")
-
-
-@dataclass
-class FileSpec:
-    """One data file of the archive as meta.xml describes it."""
-
-    location: str
-    delimiter: str
-    line_end: str
-    quote: str
-    header_lines: int
-    encoding: str
-    id_index: int | None
-    fields: dict[str, int] = field(default_factory=dict)  # local term name -> column index
-    defaults: dict[str, str] = field(default_factory=dict)  # local term name -> default value
-
-    def terms(self) -> list[str]:
-        return list(dict.fromkeys([*self.fields, *self.defaults]))
-
-
-def _file_spec(element: object, kind: str, where: str) -> FileSpec:
-    attrib = element.attrib  # type: ignore[attr-defined]
-    children = {_local(child.tag): child for child in element}  # type: ignore[attr-defined]
-    files = children.get("files")
-    location = None
-    if files is not None:
-        location = next(
-            (c.text.strip() for c in files if _local(c.tag) == "location" and c.text), None
-        )
-    if not location:
-        raise FlowDCError(f"{where}: the {kind} names no file (<files><location>); fix meta.xml")
-    id_element = children.get("id" if kind == "core" else "coreid")
-    id_index = id_element.attrib.get("index") if id_element is not None else None
-    spec = FileSpec(
-        location=location,
-        delimiter=_unescape(attrib.get("fieldsTerminatedBy", ",")) or ",",
-        line_end=_unescape(attrib.get("linesTerminatedBy", "\n")) or "\n",
-        quote=_unescape(attrib.get("fieldsEnclosedBy", "")),
-        header_lines=int(attrib.get("ignoreHeaderLines", "0") or 0),
-        encoding=attrib.get("encoding", "UTF-8") or "UTF-8",
-        id_index=int(id_index) if id_index not in (None, "") else None,
-    )
-    for child in element:  # type: ignore[attr-defined]
-        if _local(child.tag) != "field" or not child.attrib.get("term"):
-            continue
-        name = _local(child.attrib["term"])
-        index = child.attrib.get("index")
-        if index not in (None, ""):
-            spec.fields.setdefault(name, int(index))
-        if child.attrib.get("default") is not None:
-            spec.defaults.setdefault(name, child.attrib["default"])
-    return spec
 
 
 class DwcArchive:
@@ -215,38 +149,7 @@ class DwcArchive:
         return self._zip.read(metas[0])
 
     def _parse_meta(self, data: bytes) -> tuple[FileSpec, FileSpec]:
-        from defusedxml.ElementTree import fromstring
-
-        where = f"{self.path} ({META})"
-        try:
-            root = fromstring(data)
-        except Exception as exc:  # ParseError and defusedxml's refusals
-            raise FlowDCError(f"{where} is not usable XML: {exc}; fix or replace it") from None
-        core = next((e for e in root if _local(e.tag) == "core"), None)
-        if core is None:
-            raise FlowDCError(f"{where} has no <core>; it is not a Darwin Core Archive descriptor")
-        extensions = [e for e in root if _local(e.tag) == "extension"]
-        media = next(
-            (e for e in extensions if e.attrib.get("rowType") in MULTIMEDIA_ROW_TYPES), None
-        )
-        if media is None:
-            found = ", ".join(e.attrib.get("rowType", "?") for e in extensions) or "none"
-            raise FlowDCError(
-                f"{where} has no multimedia extension (extensions: {found}); ask GBIF for a "
-                f"download in DWCA format of occurrences with media"
-            )
-        core_spec = _file_spec(core, "core", where)
-        media_spec = _file_spec(media, "extension", where)
-        if core_spec.id_index is None or media_spec.id_index is None:
-            raise FlowDCError(
-                f"{where}: the core needs <id index> and the multimedia extension <coreid index> "
-                f"to join images to their occurrences; fix meta.xml"
-            )
-        if not any(term in media_spec.terms() for term in URL_TERMS):
-            raise FlowDCError(
-                f"{where}: the multimedia extension has no identifier (or ac:accessURI) column "
-                f"holding the image URLs"
-            )
+        core_spec, media_spec = parse_meta(data, f"{self.path} ({META})")
         for spec in (core_spec, media_spec):
             self._check_file(spec)
         return core_spec, media_spec

@@ -24,76 +24,12 @@ import pyarrow.parquet as pq
 
 from flowdc.core.errors import FlowDCError
 from flowdc.planning.dwca import DwcArchive, is_archive
+from flowdc.planning.formats import binary_kind, detect_format
 
 BATCH_ROWS = 65_536
 _CSV_DELIMITERS = (",", ";", "\t", "|")
 _QUOTED = re.compile(r'"[^"]*"')
 _HEADER_NAME = re.compile(r"[A-Za-z_][\w .-]{0,99}")  # a .txt list's column name, not a URL
-
-_EXTENSIONS = {
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".txt": "txt",
-    ".json": "json",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".xml": "xml",
-    ".xlsx": "xlsx",
-    ".xlsm": "xlsx",
-    ".xls": "xls",
-    ".zip": "dwca",
-}
-_TEXT_FORMATS = {"csv", "tsv", "txt", "json", "jsonl", "xml"}
-# the first bytes of binary tables, to say what a misnamed one is: (what, extension)
-_MAGIC = {
-    b"PAR1": ("a parquet", ".parquet"),
-    b"PK\x03\x04": ("an Excel (.xlsx) or zip", ".xlsx (or .zip for a Darwin Core Archive)"),
-    b"\xd0\xcf\x11\xe0": ("an old Excel (.xls)", ".xls"),
-}
-
-
-def detect_format(path: Path, declared: str | None) -> tuple[str, bool]:
-    """Return (format, gzipped) from the declared format or the file's extensions."""
-    suffixes = [s.lower() for s in path.suffixes]
-    gzipped = bool(suffixes) and suffixes[-1] in (".gz", ".gzip")
-    if gzipped:
-        suffixes = suffixes[:-1]
-    if declared:
-        fmt = declared
-    elif suffixes and suffixes[-1] in _EXTENSIONS:
-        fmt = _EXTENSIONS[suffixes[-1]]
-    else:
-        known = ", ".join(sorted(_EXTENSIONS))
-        raise FlowDCError(
-            f"cannot tell the format of {path} from its extension (known: {known}); "
-            f"set --input_format"
-        )
-    if gzipped and fmt not in _TEXT_FORMATS:
-        raise FlowDCError(f"{path}: gzip is supported for text formats only, not {fmt}")
-    if not gzipped and _looks_gzipped(path) and fmt in _TEXT_FORMATS:
-        gzipped = True
-    return fmt, gzipped
-
-
-def _binary_kind(path: Path) -> tuple[str, str] | None:
-    """(what, extension) of a binary file misnamed as text, from its first bytes."""
-    try:
-        with open(path, "rb") as handle:
-            start = handle.read(4)
-    except OSError:
-        return None
-    return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
-
-
-def _looks_gzipped(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(2) == b"\x1f\x8b"
-    except OSError:
-        return False
 
 
 def cell_to_text(value: Any) -> str | None:
@@ -177,7 +113,7 @@ class InputTable:
             raise
         except (pa.ArrowException, UnicodeDecodeError) as exc:
             if isinstance(exc, UnicodeDecodeError) or "UTF8" in str(exc):
-                kind = _binary_kind(self.path)
+                kind = binary_kind(self.path)
                 if kind is not None:
                     raise FlowDCError(
                         f"{self.path} is {kind[0]} file, not {self.format}; name it {kind[1]} or "

@@ -8,14 +8,8 @@ exists is done; running a shard again replaces everything an unfinished run left
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
-import json
-import math
-import os
-import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,60 +18,27 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from yarl import URL
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import ImageRejected
-from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import is_committed, results_path, stats_path, tar_path, temp_name
-from flowdc.core.results import HOST_COUNTS, RESULT_FIELDS, ShardResult
+from flowdc.core.layout import is_committed, results_path, tar_path
+from flowdc.core.results import RESULT_FIELDS, ShardResult
 from flowdc.core.status import LICENSE_FILTERED, MISSING_LABEL, SUCCESS
 from flowdc.planning.license_columns import row_filter
 from flowdc.planning.plan import Plan, normalize_label
-from flowdc.shard.fetch.client import Fetcher, FetchResult, parse_url
+from flowdc.shard.commit import HostsSeen, commit_shard
+from flowdc.shard.fetch.client import Fetcher
+from flowdc.shard.fetch.http import FetchResult, parse_url
 from flowdc.shard.fetch.scheduler import Batch
 from flowdc.shard.processing import Duplicate, ImageProcessor
+from flowdc.shard.records import now, result_record, sample_meta_json
 from flowdc.shard.retry import retry_rows
 from flowdc.shard.writers import SampleWriter, recover_shard
 from flowdc.shard.writers.background import BackgroundWriter
-from flowdc.shard.writers.imagefolder import FolderShardWriter, drop_journal
+from flowdc.shard.writers.imagefolder import FolderShardWriter
 from flowdc.shard.writers.webdataset import TarShardWriter
 
 ProgressCallback = Callable[[bool, int], None]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
-
-
-_META_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_json_default, allow_nan=False)
-"""One encoder for every sample's JSON (json.dumps with options builds one per call)."""
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null: strict JSON readers (jq, JavaScript) refuse them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def _without_credentials(url: str | None) -> str | None:
-    if url is None:
-        return None
-    parsed = URL(url)
-    return str(parsed.with_user(None)) if parsed.user or parsed.password else url
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class _ShardRun:
@@ -146,51 +107,12 @@ class _ShardRun:
             self.fetcher.scheduler.cancel(self.batch)
 
     async def process(self, row: dict[str, Any], host: str | None, fetched: FetchResult) -> None:
-        record = self._record(row, host, fetched)
+        record = result_record(self.shard, row, host, fetched, self.class_index, self.extra_names)
         if fetched.ok and fetched.data is not None:
             await self._store(row, fetched.data, record)
         self.records.append(record)
         if self.on_progress is not None:
             self.on_progress(record["status"] == SUCCESS, record["bytes"] or 0)
-
-    def _record(
-        self, row: dict[str, Any], host: str | None, fetched: FetchResult
-    ) -> dict[str, Any]:
-        label = row.get("label")
-        url = row["url"]
-        record: dict[str, Any] = {
-            "key": row["key"],
-            "shard": self.shard,
-            "row": row["row"],
-            "url": url,
-            "label": label,
-            "class_index": self.class_index.get(label) if self.class_index and label else None,
-            "status": fetched.status,
-            "error": fetched.error,
-            "http_status": fetched.http_status,
-            "attempts": fetched.attempts,
-            "bytes": None,
-            "sha256": None,
-            "stored_sha256": None,
-            "width": None,
-            "height": None,
-            "format": None,
-            "content_type": fetched.content_type,
-            "path": None,
-            "elapsed_seconds": round(fetched.elapsed_seconds, 4),
-            "host": host,
-            "retryable": fetched.retryable,
-            "final_url": _without_credentials(fetched.final_url)
-            if fetched.final_url != url
-            else None,
-            "fetched_at": dt.datetime.now(dt.timezone.utc),
-            "original_width": None,
-            "original_height": None,
-            "duplicate_of": None,
-        }
-        for name in self.extra_names:
-            record[name] = row.get(name)
-        return record
 
     async def _store(self, row: dict[str, Any], data: bytes, record: dict[str, Any]) -> None:
         expected = row.get(self.verify_column) if self.verify_column else None
@@ -211,30 +133,7 @@ class _ShardRun:
             original_width=image.original_width,
             original_height=image.original_height,
         )
-        meta = {
-            name: record[name]
-            for name in (
-                "key",
-                "url",
-                "label",
-                "class_index",
-                "status",
-                "sha256",
-                "width",
-                "height",
-                "format",
-                "bytes",
-                "original_width",
-                "original_height",
-                "http_status",
-                "content_type",
-                "attempts",
-                "elapsed_seconds",
-                "final_url",
-            )
-        }
-        meta.update({name: row.get(name) for name in self.extra_names})
-        meta_json = _META_ENCODER.encode(_finite(meta)).encode("utf-8")
+        meta_json = sample_meta_json(record, row, self.extra_names)
         # one thread writes the shard's samples, in order, and sets record["path"]
         await self.writes.put(
             record,
@@ -245,6 +144,11 @@ class _ShardRun:
             row["label"],
             record["class_index"],
         )
+
+    def hosts_seen(self) -> HostsSeen:
+        """Per-host figures of this pass, and how many retries it made."""
+        hosts = {host: figures.as_dict() for host, figures in self.batch.hosts.items()}
+        return HostsSeen(hosts, self.batch.retried)
 
     def results_table(self, extra_schema: pa.Schema) -> pa.Table:
         self.records.sort(key=lambda record: record["row"])
@@ -266,7 +170,7 @@ async def run_shard_async(
         if config.retry_failed:
             return await _retry_shard(plan, shard, config, fetcher, on_progress)
         return ShardResult.load(output, shard)
-    started_at, started = _now(), time.monotonic()
+    started_at, started = now(), time.monotonic()
     recover_shard(output, shard)
     table = plan.read_shard(shard)
     run = _ShardRun(plan, shard, config, fetcher, on_progress)
@@ -274,8 +178,13 @@ async def run_shard_async(
         return ShardResult.load(output, shard)
     results = run.results_table(table.schema)
     seconds = time.monotonic() - started
-    return _commit(
-        run, results, ShardResult(shard, 0, 0, 0, 0, 0.0, started_at=started_at), seconds
+    return commit_shard(
+        run.output,
+        shard,
+        results,
+        run.hosts_seen(),
+        ShardResult(shard, 0, 0, 0, 0, 0.0, started_at=started_at),
+        seconds,
     )
 
 
@@ -314,7 +223,9 @@ async def _retry_shard(
     fresh = run.results_table(table.schema)
     merged = pa.concat_tables([kept.select(fresh.schema.names).cast(fresh.schema), fresh])
     seconds = previous.seconds + time.monotonic() - started
-    return _commit(run, merged.sort_by("row"), previous, seconds)
+    return commit_shard(
+        run.output, shard, merged.sort_by("row"), run.hosts_seen(), previous, seconds
+    )
 
 
 async def _fetch_and_write(run: _ShardRun, rows: list[dict[str, Any]], first: bool) -> bool:
@@ -334,56 +245,6 @@ async def _fetch_and_write(run: _ShardRun, rows: list[dict[str, Any]], first: bo
     finally:
         run.processor.close()
     return True
-
-
-def _merge_hosts(
-    previous: dict[str, dict[str, Any]], fresh: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Per-host figures of two passes over a shard: counts add up, the limits are the latest."""
-    merged = {host: dict(figures) for host, figures in previous.items()}
-    for host, figures in fresh.items():
-        into = merged.setdefault(host, {})
-        for name in HOST_COUNTS:
-            into[name] = round((into.get(name) or 0) + (figures.get(name) or 0), 4)
-        into["mean_latency"] = (
-            round(into["latency_sum"] / into["requests"], 4) if into["requests"] else None
-        )
-        into["rate"], into["concurrency"] = figures.get("rate"), figures.get("concurrency")
-    return merged
-
-
-def _commit(
-    run: _ShardRun, results: pa.Table, previous: ShardResult, seconds: float
-) -> ShardResult:
-    """Results table, then the stats marker (both temp + rename), then the journal goes."""
-    output, shard = run.output, run.shard
-    tmp = output / temp_name(results_path(output, shard).name)
-    pq.write_table(results, tmp, compression="zstd")
-    os.replace(tmp, results_path(output, shard))
-    statuses = results.column("status").to_pylist()
-    counts = Counter(statuses)
-    sizes = results.column("bytes").to_pylist()
-    successes = counts.get(SUCCESS, 0)
-    fresh_hosts = {host: figures.as_dict() for host, figures in run.batch.hosts.items()}
-    result = ShardResult(
-        shard=shard,
-        rows=results.num_rows,
-        successes=successes,
-        failures=results.num_rows - successes,
-        bytes=sum(
-            size or 0 for size, status in zip(sizes, statuses, strict=True) if status == SUCCESS
-        ),
-        seconds=round(seconds, 3),
-        status_counts=dict(counts),
-        retries=previous.retries + run.batch.retried,
-        hosts=_finite(_merge_hosts(previous.hosts, fresh_hosts)),
-        started_at=previous.started_at,
-        finished_at=_now(),
-        worker=f"{socket.gethostname()}:{os.getpid()}",
-    )
-    atomic_write_text(stats_path(output, shard), result.to_json())
-    drop_journal(output, shard)
-    return result
 
 
 def run_shard(output: str, shard: int, config: DownloadConfig) -> ShardResult:
