@@ -17,7 +17,17 @@ set -euo pipefail
 
 CCTOOLS_VERSION=7.17.1
 CCTOOLS_SHA256=1f641779252f41839d52e54a8fee843d49c2b17a2463d53c100ee8bccb7ed0f5
-STAMP=.flowdc-build-done   # written last: a prefix without it is not a finished build
+# What a build is made of; written last into $prefix/$STAMP: a prefix whose stamp is missing
+# (a killed build) or differs (an older recipe) is built again.
+CONFIGURE_FLAGS=(--without-system-chirp --without-system-doc --without-system-ftp-lite
+    --without-system-grow --without-system-makeflow --without-system-parrot
+    --without-system-work_queue)   # poncho stays: serverless libraries need ndcctools.poncho
+STAMP=.flowdc-build-done
+RECIPE="cctools $CCTOOLS_VERSION ${CONFIGURE_FLAGS[*]}"
+# What the bindings import at run time: cloudpickle and packaging (PythonTask), threadpoolctl
+# (a serverless library on a worker), conda-pack (create_library_from_functions imports it
+# even when it packs no environment). Names as pip knows them; imported with - as _.
+RUNTIME_PKGS=(cloudpickle packaging threadpoolctl conda-pack)
 
 say() { echo "build_taskvine: $*"; }
 
@@ -27,29 +37,35 @@ py=$venv/bin/python
 [ -x "$py" ] || { say "no $py" >&2; exit 2; }
 
 # One interpreter start answers everything asked of the venv: its Python version, its
-# site-packages, and whether it imports ndcctools.taskvine already.
-read -r pyver purelib have_bindings < <("$py" - <<'EOF'
-import sys, sysconfig
+# site-packages, and whether it imports ndcctools.taskvine and what the bindings need already.
+read -r pyver purelib have_bindings < <("$py" - "${RUNTIME_PKGS[@]}" <<'EOF'
+import importlib.util, sys, sysconfig
 try:
     import ndcctools.taskvine  # noqa: F401
-    ok = "yes"
+    found = [importlib.util.find_spec(m.replace("-", "_")) for m in sys.argv[1:]]
+    ok = "yes" if all(found) else "no"
 except Exception:
     ok = "no"
 print("%d.%d" % sys.version_info[:2], sysconfig.get_paths()["purelib"], ok)
 EOF
 )
 
-if [ "$have_bindings" = yes ] && { [ -x "$venv/bin/vine_worker" ] || command -v vine_worker >/dev/null; }; then
-    exit 0
-fi
-
 cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/flowdc
 prefix=${FLOWDC_TASKVINE_PREFIX:-$cache_root/cctools-$CCTOOLS_VERSION-py$pyver}
 prefix_site=$prefix/lib/python$pyver/site-packages
+pth=$purelib/flowdc-cctools.pth
+built() { [ "$(cat "$prefix/$STAMP" 2>/dev/null)" = "$RECIPE" ]; }
+
+if [ "$have_bindings" = yes ] && { [ -x "$venv/bin/vine_worker" ] || command -v vine_worker >/dev/null; }; then
+    # a TaskVine of the venv's own (conda, pip), or ours, current and at this prefix
+    if [ ! -f "$pth" ] || { [ "$(cat "$pth")" = "$prefix_site" ] && built; }; then
+        exit 0
+    fi
+fi
 
 # Point the venv at a finished build in $prefix.
 link_venv() {
-    echo "$prefix_site" >"$purelib/flowdc-cctools.pth"
+    echo "$prefix_site" >"$pth"
     local prog name
     for prog in "$prefix"/bin/vine_*; do
         name=$(basename "$prog")
@@ -57,9 +73,9 @@ link_venv() {
         if [ -e "$venv/bin/$name" ] && [ ! -L "$venv/bin/$name" ]; then continue; fi
         ln -sfn "$prog" "$venv/bin/$name"
     done
-    # the bindings import cloudpickle (PythonTask, serverless) and packaging at run time
-    if ! "$py" -c 'import cloudpickle, packaging' 2>/dev/null; then
-        "$py" -m pip install --quiet cloudpickle packaging
+    local mods="${RUNTIME_PKGS[*]//-/_}"
+    if ! "$py" -c "import ${mods// /, }" 2>/dev/null; then
+        "$py" -m pip install --quiet "${RUNTIME_PKGS[@]}"
     fi
     if ! "$py" -c 'import ndcctools.taskvine' 2>/dev/null; then
         say "built in $prefix, but $py cannot import ndcctools.taskvine:" >&2
@@ -68,7 +84,7 @@ link_venv() {
     fi
 }
 
-if [ -f "$prefix/$STAMP" ]; then
+if built; then
     link_venv
     say "linked $venv to TaskVine in $prefix"
     exit 0
@@ -132,14 +148,14 @@ if ! flock -w 1800 9; then
     say "another build of $prefix held its lock for 30 minutes" >&2
     exit 1
 fi
-if [ -f "$prefix/$STAMP" ]; then   # built by the one we waited for
+if built; then   # by the build we waited for
     link_venv
     say "linked $venv to TaskVine in $prefix"
     exit 0
 fi
 
 rm -rf "$prefix".build.??????   # left by a build that was killed (we hold the lock)
-"$py" -m pip install --quiet swig cloudpickle packaging
+"$py" -m pip install --quiet swig "${RUNTIME_PKGS[@]}"
 
 work=$(mktemp -d "$prefix.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -153,9 +169,7 @@ if ! (
     cd "$work/cctools-$CCTOOLS_VERSION" &&
     # The final prefix goes to configure: cctools compiles it into its programs (INSTALL_PATH).
     ./configure --prefix "$prefix" --with-python3-path "$venv" --with-swig-path "$venv" \
-        --without-system-chirp --without-system-doc --without-system-ftp-lite \
-        --without-system-grow --without-system-makeflow --without-system-parrot \
-        --without-system-poncho --without-system-work_queue &&
+        "${CONFIGURE_FLAGS[@]}" &&
     { grep -qx 'CCTOOLS_PYTHON3_AVAILABLE=yes' config.mk || { echo "configure: no python3 bindings"; false; }; } &&
     { grep -qx 'CCTOOLS_OPENSSL_AVAILABLE=yes' config.mk || { echo "configure: no openssl"; false; }; } &&
     make -j2 &&
@@ -166,8 +180,8 @@ if ! (
     tail -n 40 "$log" >&2
     exit 1
 fi
-date -u +%FT%TZ >"$staging/$STAMP"
-rm -rf "$prefix"        # a leftover without the stamp, if any
+echo "$RECIPE" >"$staging/$STAMP"
+rm -rf "$prefix"        # a killed or older build, if any
 mv "$staging" "$prefix"
 say "built in $((SECONDS - start)) s"
 link_venv
