@@ -30,5 +30,11 @@ browser:
 			>/dev/null) || echo "could not install chromium: the report's browser test will skip"; \
 	else echo "no /usr/bin/chromium and no root apt-get: the report's browser test will skip"; fi
 
-test: setup lint browser
+# TaskVine (vine_worker, ndcctools.taskvine) for its engine's tests: cctools is built once from
+# ../shared/vendor into ~/.cache/flowdc and linked into the venv; where it can't, the tests skip.
+.PHONY: taskvine
+taskvine: setup
+	bash tools/build_taskvine.sh $(VENV)
+
+test: setup lint browser taskvine
 	$(BIN)/pytest -q
