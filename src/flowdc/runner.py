@@ -36,6 +36,7 @@ from flowdc.planning.plan import (
     check_columns,
     check_plan_matches,
     make_plan,
+    shard_size_for,
     write_labels_file,
 )
 from flowdc.shard.retry import retry_rows
@@ -209,7 +210,7 @@ def _shards_before_planning(config: DownloadConfig, table: InputTable) -> int:
         rows = pq.ParquetFile(table.path).metadata.num_rows
     except (OSError, pa.ArrowException):
         return 0  # the planning reports what is wrong with the input
-    return -(-rows // config.shard_size)
+    return -(-rows // shard_size_for(config, rows))
 
 
 def _source(config: DownloadConfig) -> str | None:

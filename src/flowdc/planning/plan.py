@@ -38,6 +38,10 @@ from flowdc.planning.license_columns import license_column
 from flowdc.planning.stored_options import changed_options, stored_options
 
 MAX_CATEGORICAL_LABELS = 1_000_000
+SHARDS_PER_PROCESS = 2
+"""A list too short for this many default-sized shards per process is cut into smaller ones."""
+SIZING_ROWS = 250_000
+"""At most this many rows are held while planning to size the shards of a short list."""
 PLAN_VERSION = 1
 
 # Columns FLOW-DC adds to every results row; input columns with these names get an input_ prefix.
@@ -166,7 +170,9 @@ def check_plan_matches(plan: Plan, config: DownloadConfig, table: InputTable) ->
         "input fingerprint": fingerprint(table.path),
         "url column": config.url,
         "label column": config.label,
-        "shard_size": config.shard_size,
+        "shard_size": config.shard_size
+        if "shard_size" in config.model_fields_set
+        else plan.shard_size,  # sized for the list when planned: the plan's size holds
         "output_format": config.output_format,
     }
     have = {
@@ -234,6 +240,28 @@ def check_columns(config: DownloadConfig, table: InputTable) -> None:
         )
 
 
+def _target_shards(config: DownloadConfig) -> int:
+    """Shards a short list is cut into: SHARDS_PER_PROCESS for each process, so that a process
+    whose shard ends early takes another (one process runs its shards together anyway)."""
+    processes = config.effective_processes()
+    return 1 if processes == 1 else SHARDS_PER_PROCESS * processes
+
+
+def _sizing_rows(config: DownloadConfig) -> int:
+    """Rows read before the shard size is fixed: a list shorter than this is split evenly."""
+    return min(config.shard_size * _target_shards(config), SIZING_ROWS)
+
+
+def shard_size_for(config: DownloadConfig, rows: int) -> int:
+    """Rows per shard for a list of `rows` rows (or more): `--shard_size` when given; else at most
+    its default, and small enough that every process gets SHARDS_PER_PROCESS shards. A
+    3,000-row list was one shard, so one process, however many cores the machine had."""
+    if "shard_size" in config.model_fields_set:
+        return config.shard_size
+    shards = _target_shards(config)
+    return min(config.shard_size, max(1, -(-min(rows, _sizing_rows(config)) // shards)))
+
+
 def make_plan(config: DownloadConfig, table: InputTable, source: str | None = None) -> Plan:
     """Stream the input into the plan table, one row group per shard, and write its JSON last.
 
@@ -243,8 +271,9 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
     check_columns(config, table)
     names = table.column_names()
     extras = _plan_columns(names, config.url, config.label)
-    shard_size = config.shard_size
-    key_width = len(str(shard_size - 1))
+    # fixed once _sizing_rows rows are read, or the input ends (shard_size_for)
+    shard_size: int | None = None
+    key_width = 0
 
     label_counts: dict[str, int] | None = {} if config.label else None
     tmp_path = output / temp_name(PLAN_TABLE)
@@ -256,6 +285,12 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
     unlabeled = 0
     for stale in output.glob(f".{PLAN_TABLE}{TEMP_MARK}*"):  # from a run killed while planning
         stale.unlink(missing_ok=True)
+
+    def decide(rows: int) -> int:
+        nonlocal key_width
+        size = shard_size_for(config, rows)
+        key_width = len(str(size - 1))
+        return size
 
     def flush(rows: int) -> None:
         nonlocal writer, pending, pending_rows, shard
@@ -299,8 +334,14 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
             pending.append(pa.table(columns))
             pending_rows += batch.num_rows
             total += batch.num_rows
-            while pending_rows >= shard_size:
+            if shard_size is None and total >= _sizing_rows(config):
+                shard_size = decide(total)
+            while shard_size is not None and pending_rows >= shard_size:
                 flush(shard_size)
+        if shard_size is None:
+            shard_size = decide(total)
+        while pending_rows >= shard_size:
+            flush(shard_size)
         if pending_rows:
             flush(pending_rows)
     except BaseException:
