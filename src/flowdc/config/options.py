@@ -62,7 +62,13 @@ class DownloadConfig(BaseModel):
     label: str | None = Field(
         None, description="Name of the input column holding labels (required for imagefolder)."
     )
-    shard_size: int = Field(10_000, ge=1, le=1_000_000, description="Input rows per shard.")
+    shard_size: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Input rows per shard; unless given, a list too short for two shards per "
+        "process is cut smaller, so that every process has work.",
+    )
     overwrite: bool = Field(
         False,
         description="Delete an existing FLOW-DC output in the output folder and start over (only "
