@@ -119,7 +119,8 @@ def test_every_process_gets_a_shard_of_a_short_list(
 ) -> None:
     """40 URLs and two processes: four shards, run by both processes; a rerun with the same
     command (no --shard_size) resumes the plan instead of refusing it."""
-    urls = [fresh_server.url(f"img/{i}.jpg", host=i % 2) for i in range(40)]
+    # each answer waits a second: a shard takes as long, so a process cannot take them all
+    urls = [fresh_server.url(f"slow/1/{i % 8}.jpg", host=i % 2) for i in range(40)]
     source = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"url": urls}), source)
     options = {**QUICK_RUN, "processes": 2}
