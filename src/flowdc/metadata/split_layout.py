@@ -25,14 +25,32 @@ from flowdc.storage.output import clear_split_layout, layout_belongs_to, split_l
 _NO_HARD_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
+def check_replaceable(output: Path) -> None:
+    """Refuse, before anything is written, a layout folder that `flowdc split` did not make
+    from this output, or one holding files it did not make."""
+    final = split_layout_dir(output)
+    if not final.exists() and not final.is_symlink():
+        return
+    if not final.is_dir() or not layout_belongs_to(final, output):
+        raise FlowDCError(
+            f"{final} exists and is not the split layout of {output.resolve()}; move it away "
+            f"(flowdc split writes an ImageFolder output's split folders there)"
+        )
+    strangers = split_layout_strangers(final)
+    if strangers:
+        raise FlowDCError(
+            f"{final} holds files flowdc split did not make ({', '.join(strangers[:3])}"
+            f"{', ...' if len(strangers) > 3 else ''}); move them away and split again"
+        )
+
+
 class LayoutWriter:
     """Links each stored image into its split's folder; `commit` puts the layout in place."""
 
     def __init__(self, output: Path) -> None:
         self.output = output.resolve()
         self.final = split_layout_dir(output)
-        if self.final.exists() or self.final.is_symlink():
-            self._check_replaceable()
+        check_replaceable(output)
         self.folder = self.final.with_name(temp_name(self.final.name))
         try:
             self.folder.mkdir()
@@ -44,19 +62,6 @@ class LayoutWriter:
         atomic_write_text(self.folder / SPLIT_LAYOUT_MARK, f"{self.output}\n")
         self.hard_links = True
         self._made: set[Path] = set()
-
-    def _check_replaceable(self) -> None:
-        if not self.final.is_dir() or not layout_belongs_to(self.final, self.output):
-            raise FlowDCError(
-                f"{self.final} exists and is not the split layout of {self.output}; move it away "
-                f"(flowdc split writes an ImageFolder output's split folders there)"
-            )
-        strangers = split_layout_strangers(self.final)
-        if strangers:
-            raise FlowDCError(
-                f"{self.final} holds files flowdc split did not make ({', '.join(strangers[:3])}"
-                f"{', ...' if len(strangers) > 3 else ''}); move them away and split again"
-            )
 
     def add(self, split: str, path: str) -> None:
         """Link the image at `path` (LABEL/KEY.ext, relative to the output) into `split`."""

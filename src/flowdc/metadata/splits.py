@@ -3,9 +3,9 @@
 A *unit* is a set of samples that must share a split: samples linked by a group value (GBIF's
 occurrence, an observer, a site), by the same image (the same sha256), or by `duplicate_of`
 (a --dedupe duplicate names the stored sample it copies; the duplicate row itself is not stored,
-but it links its own group to that sample). Units are the connected components of the graph whose
-nodes are the rows and each distinct link value, found by hooking and pointer jumping over numpy
-arrays (memory: a few int64 per row and per distinct value; `benchmarks/splits.py` measures it).
+but it links its own group to that sample). Units are the connected components of the graph of
+rows whose edges join the rows of each link value, found by hooking and pointer jumping over
+numpy arrays (memory: a few int32 per row; `benchmarks/splits.py` measures it).
 
 Units are then stratified by class: each unit counts for its most common class; within a class
 the units are ordered by a hash of the seed and the unit's smallest key (so a unit's place does
@@ -66,8 +66,9 @@ def connected(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     until every node points at a root; edges inside one component are dropped. A productive
     round removes at least one root, so there are at most `count` rounds (a handful in practice).
     """
-    parent = np.arange(count, dtype=np.int64)
-    left, right = left.astype(np.int64), right.astype(np.int64)
+    index = np.int32 if count < 2**31 else np.int64  # half the memory of int64 below 2**31
+    parent = np.arange(count, dtype=index)
+    left, right = left.astype(index), right.astype(index)
     for _ in range(count + 1):
         root_left, root_right = parent[left], parent[right]
         apart = root_left != root_right
@@ -76,6 +77,7 @@ def connected(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         left, right = left[apart], right[apart]
         low = np.minimum(root_left[apart], root_right[apart])
         high = np.maximum(root_left[apart], root_right[apart])
+        del root_left, root_right, apart
         np.minimum.at(parent, high, low)  # a root only ever points at a smaller node: no cycle
         for _ in range(64):  # depth at most doubles down each jump: 64 is past any int64 count
             grand = parent[parent]
@@ -85,28 +87,36 @@ def connected(count: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     raise AssertionError("connected components did not settle")  # unreachable, see docstring
 
 
+def _star(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges from the first row of each value to the other rows of that value."""
+    rows = np.flatnonzero(ids != NONE)
+    order = np.argsort(ids[rows], kind="stable")  # rows of one value stay in row order
+    rows, values = rows[order], ids[rows][order]
+    first = np.r_[True, values[1:] != values[:-1]] if len(rows) else np.empty(0, bool)
+    heads = rows[first][np.cumsum(first) - 1]
+    return heads[~first], rows[~first]
+
+
 def units_of(rows: SplitRows) -> np.ndarray:
-    """Each row's unit: the first row of its connected component."""
+    """Each row's unit: the first row of its connected component. Rows sharing a link value are
+    joined to the first of them (a star, settled in one round), a duplicate to the row it
+    copies."""
     count = len(rows.keys)
     lefts, rights = [], []
-    offset = count
     for ids in rows.links:
-        present = np.flatnonzero(ids != NONE)
-        lefts.append(present)
-        rights.append(offset + ids[present])
-        offset += int(ids[present].max()) + 1 if len(present) else 0
+        left, right = _star(ids)
+        lefts.append(left)
+        rights.append(right)
     copies = np.flatnonzero(rows.duplicate_of != NONE)
     if len(copies):
         order = np.argsort(rows.keys, kind="stable")
-        sorted_keys = rows.keys[order]
-        at = np.searchsorted(sorted_keys, rows.duplicate_of[copies])
-        at = np.minimum(at, count - 1)
-        found = sorted_keys[at] == rows.duplicate_of[copies]
+        at = np.minimum(np.searchsorted(rows.keys[order], rows.duplicate_of[copies]), count - 1)
+        found = rows.keys[order][at] == rows.duplicate_of[copies]
         lefts.append(copies[found])
         rights.append(order[at[found]])
     left = np.concatenate(lefts) if lefts else np.empty(0, np.int64)
     right = np.concatenate(rights) if rights else np.empty(0, np.int64)
-    return connected(offset, left, right)[:count]
+    return connected(count, left, right)
 
 
 def _primary_class(unit: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
