@@ -294,7 +294,7 @@ def _write_input(server: ImageServer, path: Path) -> Path:
     return path
 
 
-def _download_args(source: Path, output: Path, *extra: str) -> list[str]:
+def _download_args(source: Path, output: Path | str, *extra: str) -> list[str]:
     return [
         "download", "--input", str(source), "--output", str(output), "--label", "species",
         "--shard_size", "8", "--processes", "1", "--retry_backoff_sec", "0.01",
@@ -371,6 +371,9 @@ def test_same_seed_same_split_and_another_seed_another(
     again = pq.read_table(output / "splits.parquet").to_pylist()
     assert again != before and sorted(r["key"] for r in again) == sorted(r["key"] for r in before)
     _assert_leak_free(flowdc.results(output))
+    (output / "splits.json").rename(tmp_path / "splits.json")  # as a split killed half way
+    assert "split" not in flowdc.results(output).column_names
+    (tmp_path / "splits.json").rename(output / "splits.json")
     # without the group, occurrences may span splits: the group is what keeps them together
     done = run_cli("split", str(output), "--ratios", SPLIT, "--seed", "7")
     assert done.returncode == 0, done.stderr
@@ -572,6 +575,8 @@ def test_a_folder_in_the_layouts_place_is_never_touched(
     done = run_cli("split", str(output), "--ratios", SPLIT)
     assert done.returncode == 2 and "did not make (test/notes.txt)" in done.stderr
     (mine / "test" / "notes.txt").unlink()
+    killed = tmp_path / ".birds-splits.tmp-0123456789ab"  # what a killed split leaves
+    shutil.copytree(mine, killed)
     done = run_cli("split", str(output), "--ratios", SPLIT, "--group", "occurrence")
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob(".birds-splits*"))  # the old layout swapped out and removed
@@ -611,6 +616,7 @@ def test_bad_split_requests_are_one_line(
     cases += [
         (_download_args(source, fresh, "--split_group", "occurrence"), "need --split RATIOS"),
         (_download_args(source, fresh, "--split", SPLIT, "--split_group", "site"), "'site'"),
+        (_download_args(source, "s3://bucket/birds", "--split", SPLIT), "not on object storage"),
     ]
     for args, says in cases:
         done = run_cli(*args)

@@ -233,7 +233,7 @@ def results(output: str | os.PathLike[str]) -> pa.Table:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from flowdc.core.layout import SPLITS_FILE, is_committed, results_path
+    from flowdc.core.layout import SPLITS_FILE, SPLITS_SUMMARY, is_committed, results_path
     from flowdc.planning.plan import Plan
 
     folder = Path(output)
@@ -250,7 +250,7 @@ def results(output: str | os.PathLike[str]) -> pa.Table:
     if not files:
         raise FlowDCError(f"no shard of {folder} is committed yet; run the download (again)")
     table = pa.concat_tables(pq.read_table(file) for file in files)
-    if not (folder / SPLITS_FILE).is_file():
+    if not (folder / SPLITS_SUMMARY).is_file():  # no split, or one that did not finish
         return table
     splits = pq.read_table(folder / SPLITS_FILE)  # joined by position: the rows keep their order
     where = pc.index_in(table.column("key"), value_set=splits.column("key"))

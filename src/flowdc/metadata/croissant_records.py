@@ -20,7 +20,13 @@ from typing import Any
 import pyarrow as pa
 
 from flowdc.core.files import sha256_of
-from flowdc.core.layout import SPLIT_NAMES, results_path, split_list_name, tar_name
+from flowdc.core.layout import (
+    SPLIT_NAMES,
+    SPLITS_SUMMARY,
+    results_path,
+    split_list_name,
+    tar_name,
+)
 from flowdc.metadata.tables import committed_shards
 from flowdc.planning.plan import Plan
 
@@ -254,6 +260,9 @@ _FILE_FIELD = "samples/file"
 
 
 def _split_lists(output: Path) -> list[str]:
+    """The splits of a finished split (splits.json is written last)."""
+    if not (output / SPLITS_SUMMARY).is_file():
+        return []
     return [split for split in SPLIT_NAMES if (output / split_list_name(split)).is_file()]
 
 

@@ -7,8 +7,9 @@ costs no space, and the output itself is never changed: resume, `--retry_failed`
 torchvision's ImageFolder would take a folder in the output for a class. Where hard links are
 refused (another filesystem), relative symbolic links are made instead.
 
-The layout is built under a temporary name and swapped into place when complete; a layout made
-before is replaced only when it holds nothing but what `flowdc split` made.
+The layout is built under a temporary name and swapped into place when complete (a temporary
+layout that a killed split left is removed by the next); a layout made before is replaced only
+when it holds nothing but what `flowdc split` made.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from flowdc.core.errors import FlowDCError
 from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import SPLIT_LAYOUT_MARK, split_layout_dir, temp_name
+from flowdc.core.layout import SPLIT_LAYOUT_MARK, TEMP_MARK, split_layout_dir, temp_name
 from flowdc.storage.output import clear_split_layout, layout_belongs_to, split_layout_strangers
 
 _NO_HARD_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -51,6 +52,9 @@ class LayoutWriter:
         self.output = output.resolve()
         self.final = split_layout_dir(output)
         check_replaceable(output)
+        for stale in self.final.parent.glob(f".{self.final.name}{TEMP_MARK}*"):
+            if layout_belongs_to(stale, output):  # left by a split that was killed
+                clear_split_layout(stale)
         self.folder = self.final.with_name(temp_name(self.final.name))
         try:
             self.folder.mkdir()

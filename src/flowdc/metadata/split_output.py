@@ -7,7 +7,8 @@ few dozen bytes per row, not by the strings; `splits.assign` decides. The second
 by shard: `splits.parquet` (key -> split), one list per split (`split=train.parquet`: key, file
 name, label; what Croissant and WebDataset users read) and, for ImageFolder, the split layout
 beside the output (split_layout.py). The results tables are never rewritten. `splits.json` is
-written last: counts per split and class, the seed, the rule and the leakage check.
+deleted first and written last (counts per split and class, the seed, the rule and the leakage
+check): readers of the other split files (`flowdc.results`, croissant.json) look for it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,11 +346,10 @@ def _summary(
     }
 
 
-def write_splits(
-    plan: Plan, request: SplitRequest, echo: Callable[[str], None] | None = None
-) -> dict[str, Any]:
+def write_splits(plan: Plan, request: SplitRequest) -> dict[str, Any]:
     """Split the stored samples of `plan`'s output and write the split files; returns the
-    summary written to splits.json. The caller holds the output's lock."""
+    summary written to splits.json, the split's commit marker: the other split files count
+    only while it is there. The caller holds the output's lock."""
     output = Path(plan.output)
     by, groups = _columns(plan, request)
     if plan.output_format == "imagefolder":
