@@ -1,4 +1,4 @@
-"""The `flowdc` command: download, demo, report, validate.
+"""The `flowdc` command: download, demo, report, validate, split.
 
 Errors a user can fix are one line, never a traceback.
 """
@@ -139,6 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     validate.add_argument("output", metavar="OUTPUT", help="the --output folder of a download")
+    split = commands.add_parser(
+        "split",
+        help="split the stored samples into train/validation/test, keeping groups together",
+        description="Write the split of every stored sample (splits.parquet, splits.json, one "
+        "list per split, and for ImageFolder the folders NAME-splits/train/LABEL/... beside the "
+        "output), stratified by class; samples of one group and identical images (same sha256, "
+        "or duplicate_of) always share a split. Deterministic for a seed.",
+        allow_abbrev=False,
+    )
+    split.add_argument("output", metavar="OUTPUT", help="the --output folder of a download")
+    split.add_argument(
+        "--ratios",
+        required=True,
+        help="train,validation,test shares, such as 0.8,0.1,0.1 (two values: train,test)",
+    )
+    split.add_argument(
+        "--by", metavar="COLUMN", help="column to stratify by (default: the --label column)"
+    )
+    split.add_argument(
+        "--group",
+        metavar="COLUMN",
+        help="column(s), comma-separated, whose equal values must share a split (an "
+        "occurrence, an observer, a site)",
+    )
+    split.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
     return parser
 
 
@@ -217,6 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from flowdc.metadata.commands import run_report, run_validate
 
             return (run_report if args.command == "report" else run_validate)(args.output)
+        if args.command == "split":
+            from flowdc.metadata.commands import run_split
+            from flowdc.metadata.split_output import SplitRequest
+
+            request = SplitRequest.parse(args.ratios, args.by, args.group, args.seed)
+            return run_split(args.output, request)
     except FlowDCError as error:
         from flowdc.core.errors import Interrupted
 

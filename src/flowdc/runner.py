@@ -158,7 +158,9 @@ def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
     with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
         local_input = stage_input(config.input, config.storage_options, Path(staging))
         table = InputTable(
-            local_input, config.input_format, wanted=(config.label, config.verify_hash)
+            local_input,
+            config.input_format,
+            wanted=(config.label, config.verify_hash, *config.split_columns()),
         )
         check_columns(config, table)
         if is_remote(config.output):

@@ -67,4 +67,5 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "dataset_citation",
         "dataset_keywords",
     ),
+    "training splits": ("split", "split_by", "split_group", "split_seed"),
 }

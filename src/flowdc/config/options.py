@@ -17,6 +17,7 @@ from flowdc.config.listen import DEFAULT_PORT, parse_listen
 from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import is_remote
 from flowdc.core.licenses import LicenseFilter, split_filter
+from flowdc.core.split_ratios import parse_ratios
 from flowdc.core.version import __version__
 
 InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
@@ -295,6 +296,23 @@ class DownloadConfig(BaseModel):
     dataset_citation: str | None = Field(None, description="How to cite the dataset.")
     dataset_keywords: str | None = Field(None, description="Comma-separated keywords.")
 
+    # training splits (`flowdc split`, run when the download ends)
+    split: str | None = Field(
+        None,
+        description="When the run ends, split the stored samples into train, validation and "
+        "test with these shares, such as 0.8,0.1,0.1 (two values: train,test), as "
+        "`flowdc split --ratios` does.",
+    )
+    split_by: str | None = Field(
+        None, description="Column to stratify the split by; default: the --label column."
+    )
+    split_group: str | None = Field(
+        None,
+        description="Column(s), comma-separated, whose equal values must share a split (an "
+        "occurrence, an observer, a site); identical images always do.",
+    )
+    split_seed: int = Field(0, description="Seed of the split: the same seed, the same split.")
+
     @field_validator("input", "output", "url")
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -436,6 +454,32 @@ class DownloadConfig(BaseModel):
                 "storage yet; copy the output to a folder to retry its failures"
             )
         return self
+
+    @model_validator(mode="after")
+    def _split_options(self) -> DownloadConfig:
+        if self.split is None:
+            given = [f"--{n}" for n in ("split_by", "split_group") if getattr(self, n) is not None]
+            if given or self.split_seed:
+                raise ValueError(
+                    f"{' and '.join(given or ['--split_seed'])} need --split RATIOS, such as "
+                    f"--split 0.8,0.1,0.1"
+                )
+            return self
+        try:
+            parse_ratios(self.split)
+        except FlowDCError as exc:
+            raise ValueError(str(exc)) from None
+        if is_remote(self.output):
+            raise ValueError(
+                "--split works on a local or shared-folder output only, not on object storage "
+                "yet; copy the output to a folder and run flowdc split there"
+            )
+        return self
+
+    def split_columns(self) -> list[str]:
+        """The input columns --split_by and --split_group name."""
+        groups = [name.strip() for name in (self.split_group or "").split(",") if name.strip()]
+        return ([self.split_by] if self.split_by else []) + groups
 
     def effective_processes(self) -> int:
         return max(1, min(self.processes, self.concurrent_downloads))

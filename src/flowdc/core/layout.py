@@ -1,7 +1,8 @@
 """The output's layout: the name of every file that a run or a shard writes, in one place.
 
 An output folder holds run-level files (the plan, labels, overview, runs, report, croissant,
-attribution, dedupe index, lock) and per-shard files named by the shard's number in 5 digits
+attribution, dedupe index, lock, and after `flowdc split` the split table, its summary and one
+list per split) and per-shard files named by the shard's number in 5 digits
 or more: `00042.tar` (WebDataset samples), `00042.parquet` (results table), `00042_stats.json`
 (the commit marker, written last) and, while an ImageFolder shard runs, `.00042.journal`. A
 sample's key is its shard number followed by its row in the shard (planning/plan.py). Anything
@@ -28,11 +29,29 @@ DEDUPE_FILE = ".flowdc-dedupe.sqlite"
 DEDUPE_FILES = (DEDUPE_FILE, f"{DEDUPE_FILE}-journal", f"{DEDUPE_FILE}-wal", f"{DEDUPE_FILE}-shm")
 LOCK_FILE = ".flowdc-lock"
 TEMP_MARK = ".tmp-"
+SPLIT_NAMES = ("train", "validation", "test")
+"""The splits `flowdc split` makes, in the order of its --ratios (Hugging Face's names)."""
+SPLITS_FILE = "splits.parquet"
+"""key -> split of every stored sample; `flowdc.results` joins it."""
+SPLITS_SUMMARY = "splits.json"
+"""Counts per split and class, the seed, the rule and the leakage check; written last."""
+SPLIT_LAYOUT_MARK = ".flowdc-split-layout"
+"""In an ImageFolder output's split layout (beside the output): the output it was made from."""
+
+
+def split_list_name(split: str) -> str:
+    """The list of one split's samples (key, file name, label), read by Croissant and WebDataset
+    users. `split=train`, not `train`: Hugging Face `datasets` takes a file whose name holds
+    `train` as a word for its train split, and would read the output's root wrongly."""
+    return f"split={split}.parquet"
+
+
+SPLIT_FILES = (SPLITS_FILE, SPLITS_SUMMARY, *(split_list_name(s) for s in SPLIT_NAMES))
 
 RUN_FILES = frozenset(
     {
         PLAN_TABLE, PLAN_META, LABELS_FILE, OVERVIEW_FILE, RUNS_FILE, REPORT_FILE,
-        CROISSANT_FILE, ATTRIBUTION_FILE, *DEDUPE_FILES,
+        CROISSANT_FILE, ATTRIBUTION_FILE, *DEDUPE_FILES, *SPLIT_FILES,
     }
 )  # fmt: skip
 """Run-level files FLOW-DC writes (not the lock, which lives as long as a run)."""
@@ -83,6 +102,13 @@ def shard_temp_prefixes(shard: int) -> tuple[str, str]:
     """The starts of the shard's temporary files: ".00042." and ".00042_", so that shard 10000
     never matches shard 100000's files."""
     return f".{shard:05d}.", f".{shard:05d}_"
+
+
+def split_layout_dir(output: str | Path) -> Path:
+    """Where an ImageFolder output's split layout goes: `NAME-splits` beside the output folder
+    `NAME`, never inside it, where torchvision's ImageFolder would take it for a class."""
+    folder = Path(output).resolve()
+    return folder.with_name(f"{folder.name}-splits")
 
 
 def is_committed(output: str | Path, shard: int) -> bool:

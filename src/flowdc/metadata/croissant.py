@@ -28,7 +28,12 @@ from flowdc.core.layout import CROISSANT_FILE, results_path
 from flowdc.core.licenses import NO_LICENSE
 from flowdc.core.status import SUCCESS
 from flowdc.core.version import __version__
-from flowdc.metadata.croissant_records import classes_record_set, distribution, record_sets
+from flowdc.metadata.croissant_records import (
+    add_split_sets,
+    classes_record_set,
+    distribution,
+    record_sets,
+)
 from flowdc.metadata.tables import committed_shards, read_results
 from flowdc.planning.plan import Plan
 
@@ -241,6 +246,7 @@ def build_croissant(
         doc.update(_responsible_ai(plan, config, overview, timeframe))
         if overview.get("class_counts") is not None:
             doc["recordSet"].append(classes_record_set(overview["class_counts"], plan))
+    add_split_sets(doc, plan)
     return doc
 
 
@@ -292,5 +298,18 @@ def write_croissant(
     for problem in check_croissant(doc):
         warn(f"warning: {problem}")
     path = Path(plan.output) / CROISSANT_FILE
+    atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False))
+    return path
+
+
+def write_split_sets(plan: Plan) -> Path | None:
+    """Bring croissant.json, when the output has one, up to date with the split files (after
+    `flowdc split`, which has no run's options to write the whole document again)."""
+    path = Path(plan.output) / CROISSANT_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    add_split_sets(doc, plan)
     atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False))
     return path

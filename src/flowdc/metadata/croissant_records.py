@@ -1,7 +1,15 @@
 """What croissant.json says of the files and the records: the distribution (tar shards or class
 folders, results tables, each FileObject with its size and sha256) and the record sets
 (`samples`: one per stored image joined with its results row; `results`: one per input row;
-`classes`). The dataset-level description around them is croissant.py's."""
+`classes`; after `flowdc split`, `split_samples`). The dataset-level description around them is
+croissant.py's.
+
+`split_samples` is read one split at a time with mlcroissant's filter on its `split` field
+(`records("split_samples", filters={"split_samples/split": "train"})`): mlcroissant filters only a
+field taken from file paths, so the split comes from the name of the split's list
+(`split=train.parquet`), whose rows (key, file name, label) are joined with the images on the
+file name. A new `mlcroissant.Dataset` per split: a filter changes the dataset it is applied to.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,13 @@ from typing import Any
 import pyarrow as pa
 
 from flowdc.core.files import sha256_of
-from flowdc.core.layout import results_path, tar_name
+from flowdc.core.layout import (
+    SPLIT_NAMES,
+    SPLITS_SUMMARY,
+    results_path,
+    split_list_name,
+    tar_name,
+)
 from flowdc.metadata.tables import committed_shards
 from flowdc.planning.plan import Plan
 
@@ -238,3 +252,97 @@ def classes_record_set(class_counts: dict[str, int], plan: Plan) -> dict[str, An
         "field": fields,
         "data": rows,
     }
+
+
+SPLIT_SET = "split_samples"
+SPLIT_LISTS = "split-lists"
+_FILE_FIELD = "samples/file"
+
+
+def _split_lists(output: Path) -> list[str]:
+    """The splits of a finished split (splits.json is written last)."""
+    if not (output / SPLITS_SUMMARY).is_file():
+        return []
+    return [split for split in SPLIT_NAMES if (output / split_list_name(split)).is_file()]
+
+
+def add_split_sets(doc: dict[str, Any], plan: Plan) -> None:
+    """Put the split lists and the `split_samples` record set in `doc` (a croissant.json), in
+    place of those of an earlier split; leave them out when the output has no split."""
+    output = Path(plan.output)
+    ours = {SPLIT_LISTS, *(f"split-{split}" for split in SPLIT_NAMES)}
+    doc["distribution"] = [e for e in doc["distribution"] if e.get("@id") not in ours]
+    doc["recordSet"] = [r for r in doc["recordSet"] if r.get("@id") != SPLIT_SET]
+    for record_set in doc["recordSet"]:
+        if record_set.get("@id") == "samples":
+            record_set["field"] = [f for f in record_set["field"] if f.get("@id") != _FILE_FIELD]
+    splits = _split_lists(output)
+    if not splits:
+        return
+    for split in splits:
+        doc["distribution"].append(
+            {
+                **_file_object(
+                    output,
+                    split_list_name(split),
+                    "application/x-parquet",
+                    f"The samples of the {split} split: key, file name and label.",
+                ),
+                "@id": f"split-{split}",
+            }
+        )
+    doc["distribution"].append(
+        {
+            "@type": "cr:FileSet",
+            "@id": SPLIT_LISTS,
+            "name": SPLIT_LISTS,
+            "description": "The list of each split's samples (split=NAME.parquet).",
+            "encodingFormat": "application/x-parquet",
+            "includes": "split=*.parquet",
+        }
+    )
+    for record_set in doc["recordSet"]:
+        if record_set.get("@id") == "samples":  # the file name the split lists join on
+            record_set["field"].append(
+                _field(
+                    "samples",
+                    "file",
+                    "sc:Text",
+                    {"fileSet": {"@id": "images"}, "extract": {"fileProperty": "filename"}},
+                )
+            )
+    lists = {"fileSet": {"@id": SPLIT_LISTS}}
+    fields = [
+        _field(
+            SPLIT_SET,
+            "split",
+            "sc:Text",
+            {
+                **lists,
+                "extract": {"fileProperty": "fullpath"},
+                "transform": {"regex": rf"^(?:.*/)?split=({'|'.join(splits)})\.parquet$"},
+            },
+        ),
+        _field(SPLIT_SET, "key", "sc:Text", {**lists, "extract": {"column": "key"}}),
+        {
+            **_field(SPLIT_SET, "file", "sc:Text", {**lists, "extract": {"column": "file"}}),
+            "references": {"field": {"@id": _FILE_FIELD}},
+        },
+        _field(SPLIT_SET, "image", "sc:ImageObject", {"field": {"@id": "samples/image"}}),
+    ]
+    if plan.label_column is not None:
+        fields.append(
+            _field(SPLIT_SET, "label", "sc:Text", {**lists, "extract": {"column": "label"}})
+        )
+    doc["recordSet"].append(
+        {
+            "@type": "cr:RecordSet",
+            "@id": SPLIT_SET,
+            "name": SPLIT_SET,
+            "description": "One record per stored image with its split ("
+            + ", ".join(splits)
+            + "); read one split with the filter {'split_samples/split': NAME}.",
+            "key": {"@id": f"{SPLIT_SET}/key"},
+            "field": fields,
+        }
+    )

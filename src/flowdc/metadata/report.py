@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import OVERVIEW_FILE, REPORT_FILE, tar_path
+from flowdc.core.layout import OVERVIEW_FILE, REPORT_FILE, SPLITS_SUMMARY, tar_path
 from flowdc.core.status import SUCCESS
 from flowdc.metadata import svg
 from flowdc.metadata.overview import build_overview
@@ -42,6 +42,7 @@ SECTIONS = (
     ("sizes", "Image sizes"),
     ("resolution", "Image resolution"),
     ("samples", "Sample images"),
+    ("splits", "Training splits and leakage check"),
     ("run", "Run settings and versions"),
 )
 _COLUMNS = [
@@ -268,6 +269,54 @@ def _licenses(summary: dict[str, Any] | None) -> str:
     )
 
 
+def _splits(output: Path, stored: int) -> str:
+    """splits.json as a table, with its leakage check; a split older than the stored samples
+    (a run added some since) says so."""
+    try:
+        split = json.loads((output / SPLITS_SUMMARY).read_text(encoding="utf-8"))
+        counts, check = split["counts"], split["leakage_check"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            '<p class="empty">not split: <code>flowdc split OUTPUT --ratios 0.8,0.1,0.1</code> '
+            "makes train, validation and test splits that keep groups and identical images "
+            "together</p>"
+        )
+    linked = ", ".join(check.get("checked", []))
+    if check.get("ok"):
+        verdict = (
+            f'<p class="verdict good">Leakage check passed: no {escape(linked)} value is in '
+            "two splits.</p>"
+        )
+    else:
+        found = ", ".join(f"{k} {v}" for k, v in check.get("values_in_two_splits", {}).items())
+        verdict = '<p class="verdict poor">Leakage check FAILED: values in two splits: '
+        verdict += f"{escape(found)}. Please report this.</p>"
+    stale = ""
+    if split.get("samples") != stored:
+        stale = (
+            f'<p class="verdict fair">{stored:,} samples are stored, {split.get("samples", 0):,}'
+            " were split: run <code>flowdc split</code> again.</p>"
+        )
+    small = split.get("whole_to_train") or {}
+    ratios = ", ".join(f"{name} {share:g}" for name, share in split.get("ratios", {}).items())
+    return (
+        verdict
+        + stale
+        + f"<p>Ratios {escape(ratios)}, seed {escape(str(split.get('seed')))}, stratified by "
+        + f"{escape(str(split.get('by') or 'nothing'))}; {split.get('units', 0):,} units "
+        + f"(the largest holds {split.get('largest_unit', 0):,} samples).</p>"
+        + _table(["split", "samples"], [[name, count] for name, count in counts.items()])
+        + (
+            f"<p>{len(small):,} class(es) had too few units to split and went whole to train: "
+            + escape(", ".join(f"{name} ({n})" for name, n in list(small.items())[:20]))
+            + (", ..." if len(small) > 20 else "")
+            + "</p>"
+            if small
+            else ""
+        )
+    )
+
+
 def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, str]:
     rate = summary["success_rate_percent"]
     shards = overview["shards"]
@@ -423,6 +472,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         for key, label, uri in samples
     )
     section("samples", f'<div class="grid">{tiles}</div>' if tiles else "<p>no images</p>")
+    section("splits", _splits(Path(plan.output), summary["successful"]))
     inputs = overview.get("script_inputs") or {}
     versions = overview.get("versions") or {}
     section(

@@ -232,6 +232,12 @@ def check_columns(config: DownloadConfig, table: InputTable) -> None:
             f"column {which} not found in {table.path}; it has: {', '.join(names) or '(none)'}; "
             f"set --url / --label / --verify_hash to the right column names"
         )
+    unknown = [c for c in config.split_columns() if c not in names and c not in RESERVED_COLUMNS]
+    if unknown:
+        raise FlowDCError(
+            f"--split_by / --split_group: column '{unknown[0]}' is neither in {table.path} nor a "
+            f"results column; it has: {', '.join(names) or '(none)'}"
+        )
     license_column(config, names, table.path)  # --license_col / --license_filter need one
     if config.output_format == "imagefolder" and config.label is None:
         raise FlowDCError(
