@@ -20,7 +20,7 @@ from flowdc.core.licenses import LicenseFilter, split_filter
 from flowdc.core.version import __version__
 
 InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
-OutputFormat = Literal["webdataset", "imagefolder"]
+OutputFormat = Literal["webdataset", "imagefolder", "parquet"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm"]
 ResizeMode = Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]
@@ -53,10 +53,12 @@ class DownloadConfig(BaseModel):
     )
     output: str = Field(
         description="Folder the dataset is written to, or object storage such as "
-        "s3://bucket/prefix (webdataset only)."
+        "s3://bucket/prefix (webdataset or parquet)."
     )
     output_format: OutputFormat = Field(
-        "webdataset", description="webdataset (tar shards) or imagefolder (one folder per label)."
+        "webdataset",
+        description="webdataset (tar shards), imagefolder (one folder per label) or parquet "
+        "(Parquet shards that Hugging Face datasets loads as images and class labels).",
     )
     url: str = Field("url", description="Name of the input column holding image URLs.")
     label: str | None = Field(
