@@ -40,6 +40,8 @@ _IMAGE_FACTS = ("url", "sha256", "width", "height", "format", "bytes", "http_sta
 
 
 PARQUET_SHARDS = "*.images.parquet"
+RESULTS_TABLES = "[0-9][0-9][0-9][0-9][0-9].parquet"
+"""The results tables, and never a Parquet output's image shards."""
 
 # mlcroissant applies a joined field's transform twice (in the join, then when reading the
 # field), so the pattern also matches its own output, a bare key.
@@ -167,7 +169,7 @@ def distribution(plan: Plan, extensions: list[str]) -> list[dict[str, Any]]:
             "name": "results-tables",
             "description": "Every results table (NNNNN.parquet) read as one table.",
             "encodingFormat": "application/x-parquet",
-            "includes": "[0-9][0-9][0-9][0-9][0-9].parquet",
+            "includes": RESULTS_TABLES,
         }
     )
     return files
