@@ -57,6 +57,7 @@ def test_the_schema_is_what_datasets_reads_as_images_and_class_labels() -> None:
         pa.field("seen", pa.timestamp("us", tz="UTC")),
         pa.field("tags", pa.list_(pa.string())),
         pa.field("score", pa.float64()),
+        pa.field("day", pa.date32()),
     ]
     table = _layout(extras)
     features = datasets.Features.from_arrow_schema(table.schema)
@@ -65,6 +66,7 @@ def test_the_schema_is_what_datasets_reads_as_images_and_class_labels() -> None:
     assert features["input_image"] == datasets.Value("string")
     assert features["seen"] == datasets.Value("timestamp[us, tz=UTC]")
     assert features["score"] == datasets.Value("float64")
+    assert features["day"] == datasets.Value("date32")
     assert features["width"] == datasets.Value("int32")
     assert features["tags"] == datasets.List(datasets.Value("string"))
     # the metadata is datasets' own form: what it writes for these features
@@ -98,18 +100,39 @@ def test_row_groups_close_at_the_image_count_or_the_byte_size(
 
     monkeypatch.setattr(parquet_writer, "ROW_GROUP_BYTES", 1 << 20)
     writer = ParquetShardWriter(tmp_path, 1, _layout())
-    for i in range(10):  # 300 kB each: a group is full at its fourth image
-        writer.add(f"{i:05d}", "jpg", bytes([i]) * 300_000, _meta(f"{i:05d}"), "dog", 2)
+    sizes = [300_000] * 7 + [3_000_000] + [300_000] * 2  # a fourth 300 kB would pass 1 MiB
+    for i, size in enumerate(sizes):
+        writer.add(f"{i:05d}", "jpg", bytes([i]) * size, _meta(f"{i:05d}"), "dog", 2)
     writer.commit()
     shard = pq.ParquetFile(layout.parquet_shard_path(tmp_path, 1))
     groups = [shard.metadata.row_group(i).num_rows for i in range(shard.num_row_groups)]
-    assert groups == [4, 4, 2]
+    assert groups == [3, 3, 1, 1, 2]  # an image over the limit is a group of its own
     rows = _rows(layout.parquet_shard_path(tmp_path, 1))
     assert [row["image"] for row in rows] == [
-        {"bytes": bytes([i]) * 300_000, "path": f"{i:05d}.jpg"} for i in range(10)
+        {"bytes": bytes([i]) * size, "path": f"{i:05d}.jpg"} for i, size in enumerate(sizes)
     ]
     assert {row["label"] for row in rows} == {2}
     assert not list(tmp_path.glob(".*"))  # the temporary names are gone
+
+
+def test_a_row_group_goes_to_the_file_in_pages_of_about_a_mebibyte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow's default made a row group's image column one page, built whole in memory."""
+    writes: list[int] = []
+    write = parquet_writer._Sink.write
+
+    def counted(self: Any, data: bytes) -> int:
+        writes.append(len(data))
+        return write(self, data)
+
+    monkeypatch.setattr(parquet_writer._Sink, "write", counted)
+    writer = ParquetShardWriter(tmp_path, 0, _layout())
+    for i in range(100):  # 20 MB: one row group
+        writer.add(f"{i:05d}", "jpg", bytes([i]) * 200_000, _meta(f"{i:05d}"), "cat", 1)
+    writer.commit()
+    assert pq.ParquetFile(layout.parquet_shard_path(tmp_path, 0)).num_row_groups == 1
+    assert sum(writes) > 20_000_000 and max(writes) < 3 << 20
 
 
 def test_a_retry_copy_keeps_every_row_but_the_retried_keys(tmp_path: Path) -> None:
