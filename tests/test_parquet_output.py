@@ -19,11 +19,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from flowdc.config.loading import build_config
 from flowdc.core import layout
+from flowdc.core.errors import FlowDCError
 from flowdc.metadata.croissant_records import PARQUET_SHARDS, RESULTS_TABLES
 from flowdc.shard.records import SAMPLE_FACT_FIELDS
 from flowdc.shard.writers import parquet as parquet_writer
-from flowdc.shard.writers.parquet import ParquetShardWriter, image_table
+from flowdc.shard.writers.parquet import ROW_GROUP_ROWS, ParquetShardWriter, image_table
 from flowdc.testserver import ImageServer
 from tests.test_e2e import (
     assert_ok,
@@ -341,3 +343,30 @@ def test_validate_names_a_shard_datasets_would_not_read_as_images_and_labels(
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{relabelled.name}: its ClassLabel names are not the labels" in done.stdout
     assert f"{untyped.name}: no `image` column of type struct<bytes: binary" in done.stdout
+
+
+def test_a_failed_write_is_aborted_cleanly(tmp_path: Path) -> None:
+    """The failed write's traceback still holds the row group's arrays (views of the image
+    buffer) while the shard is aborted: the abort must neither raise nor leave a file."""
+    writer = ParquetShardWriter(tmp_path, 3, _layout())
+
+    def full_disk(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer._writer.write_table = full_disk  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space left"):
+        try:
+            for i in range(ROW_GROUP_ROWS):
+                writer.add(f"k{i}", "jpg", b"x" * 100, _meta(f"k{i}"), "cat", 1)
+        except OSError:
+            writer.abort()
+            raise
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_over_2_gib_cannot_be_asked_for() -> None:
+    with pytest.raises(FlowDCError, match=r"^--output_format parquet stores each image as one"):
+        build_config(
+            overrides={"input": "a", "output": "b", "output_format": "parquet", "max_bytes": 2**31}
+        )
+    build_config(overrides={"input": "a", "output": "b", "max_bytes": 2**31})  # a tar takes it

@@ -382,6 +382,16 @@ class DownloadConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _parquet_image_size(self) -> DownloadConfig:
+        """A Parquet image is one value of a binary column (datasets' Image): under 2 GiB."""
+        if self.output_format == "parquet" and self.max_bytes >= 2**31:
+            raise ValueError(
+                f"--output_format parquet stores each image as one binary value, under 2 GiB: "
+                f"set --max_bytes below {2**31}, or use --output_format webdataset"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _engine_options(self) -> DownloadConfig:
         """Options that only one engine reads are refused elsewhere, not silently ignored."""
         given = [

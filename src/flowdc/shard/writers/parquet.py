@@ -171,9 +171,11 @@ class _ImageBytes:
         self.offsets = [0]
 
     def close(self) -> None:
-        """Free the memory (BufferError while an Arrow array still views it)."""
+        """Free the memory now or, while an array of a failed write still views it (its
+        traceback holds it), when that array goes."""
         if self._memory is not None:
-            self._memory.close()
+            with contextlib.suppress(BufferError):
+                self._memory.close()
             self._memory = None
 
 
@@ -268,9 +270,9 @@ class ParquetShardWriter:
         try:
             with contextlib.suppress(Exception):  # its footer, to a file about to go
                 self._writer.close()
-            self._images.close()
             self._file.discard()
         finally:
+            self._images.close()
             self.tmp_path.unlink(missing_ok=True)
 
 
