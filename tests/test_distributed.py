@@ -30,6 +30,7 @@ from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import PLAN_META, PLAN_TABLE
 from flowdc.engines.dask import slurm_cluster
 from flowdc.planning.inputs import InputTable
+from flowdc.storage import remote
 from flowdc.testserver import ImageServer
 from tests.conftest import QUICK_RUN, run_cli
 
@@ -707,6 +708,41 @@ def test_object_storage_input_and_output(
     assert "storage_options" not in overview["script_inputs"]
     again = run_cli("download", *common, "--output", "s3://flowdc-test/out", env=s3)
     assert again.returncode == 0 and "3 of 3 shard(s) already committed" in again.stderr
+
+
+def test_object_storage_takes_parquet_output(
+    s3: dict[str, str], fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    fs = _s3fs(s3)
+    listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 30))
+    common = ["--input", str(listing), "--label", "label", "--output_format", "parquet"]
+    common += ["--shard_size", "20", "--no-enable_rate_limiting", "--processes", "1"]
+    done = run_cli("download", *common, "--output", "s3://flowdc-test/pq", env=s3)
+    assert done.returncode == 0, done.stderr
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls("flowdc-test/pq")}
+    assert {"00000.images.parquet", "00001.images.parquet", "00001_stats.json"} <= names
+    local = _download_prefix(s3, "pq", tmp_path / "copy")
+    checked = run_cli("validate", str(local))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "27 samples" in checked.stdout  # 30 rows, 3 of them 404s
+
+
+def test_a_remote_shard_is_uploaded_samples_first_marker_last(
+    s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    uploaded: list[str] = []
+
+    class Recording(remote.RemoteStore):
+        def upload(self, local: Path, name: str) -> None:
+            uploaded.append(name)
+            super().upload(local, name)
+
+    for name in ("00003.images.parquet", "00003.parquet", "00003_stats.json"):
+        (tmp_path / name).write_bytes(b"x")
+    remote._upload_shard(Recording("s3://flowdc-test/order", None), tmp_path, 3)
+    assert uploaded == ["00003.images.parquet", "00003.parquet", "00003_stats.json"]
 
 
 def test_object_storage_with_dask_workers_and_storage_options(

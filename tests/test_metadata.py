@@ -1,8 +1,8 @@
 """Croissant, overview, report and validate on real downloads from the test server.
 
-Four outputs are made once per module by the real CLI (webdataset and imagefolder, basic and
-comprehensive Croissant); mlcroissant validates and loads them, `flowdc validate` checks them
-whole and broken by hand, and report.html is opened in headless Chromium.
+Five outputs are made once per module by the real CLI (webdataset and imagefolder, basic and
+comprehensive Croissant; parquet, comprehensive); mlcroissant validates and loads them, `flowdc
+validate` checks them whole and broken by hand, and report.html is opened in headless Chromium.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ COMBOS = [
     ("webdataset", "comprehensive_croissant"),
     ("imagefolder", "basic_croissant"),
     ("imagefolder", "comprehensive_croissant"),
+    ("parquet", "comprehensive_croissant"),
 ]
 SHARD = 9
 
@@ -254,6 +255,20 @@ def test_basic_croissant_lists_every_shard_with_its_sha256(outputs: dict[str, Pa
     assert "rai:dataCollection" not in doc and "keywords" not in doc
 
 
+def test_parquet_croissant_lists_every_image_shard_and_no_tar(outputs: dict[str, Path]) -> None:
+    output = outputs["parquet-comprehensive_croissant"]
+    doc = json.loads((output / "croissant.json").read_text(encoding="utf-8"))
+    objects = {d["contentUrl"]: d for d in doc["distribution"] if d["@type"] == "cr:FileObject"}
+    shards = sorted(p.name for p in output.glob("*.images.parquet"))
+    tables = sorted(p.name for p in output.glob("[0-9][0-9][0-9][0-9][0-9].parquet"))
+    assert sorted(objects) == sorted(shards + tables) and len(shards) == 3
+    images = next(d for d in doc["distribution"] if d["@id"] == "images")
+    assert images["includes"] == "*.images.parquet"
+    classes = next(r for r in doc["recordSet"] if r["@id"] == "classes")
+    labels = json.loads((output / "labels.json").read_text(encoding="utf-8"))
+    assert [row["classes/index"] for row in classes["data"]] == [e["index"] for e in labels]
+
+
 def test_own_checks_name_what_mlcroissant_does_not_check() -> None:
     doc = {"name": "x", "description": "y", "url": "https://e.org", "creator": {"name": "z"}}
     assert check_croissant(doc) == []
@@ -348,7 +363,14 @@ def test_overview_merges_the_limiters_host_stats_when_present() -> None:
 
 
 # -- validate ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("combo", ["webdataset-basic_croissant", "imagefolder-basic_croissant"])
+@pytest.mark.parametrize(
+    "combo",
+    [
+        "webdataset-basic_croissant",
+        "imagefolder-basic_croissant",
+        "parquet-comprehensive_croissant",
+    ],
+)
 def test_validate_accepts_a_good_dataset(outputs: dict[str, Path], combo: str) -> None:
     done = run_cli("validate", str(outputs[combo]))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -409,7 +431,14 @@ def test_validate_rejects_a_folder_that_is_no_output(tmp_path: Path) -> None:
 
 
 # -- report ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("combo", ["webdataset-basic_croissant", "imagefolder-basic_croissant"])
+@pytest.mark.parametrize(
+    "combo",
+    [
+        "webdataset-basic_croissant",
+        "imagefolder-basic_croissant",
+        "parquet-comprehensive_croissant",
+    ],
+)
 def test_report_has_every_section_and_needs_no_network(
     outputs: dict[str, Path], combo: str
 ) -> None:

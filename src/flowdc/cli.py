@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output_format",
         "--output-format",
         dest="output_format",
-        choices=["webdataset", "imagefolder"],
+        choices=["webdataset", "imagefolder", "parquet"],
         default="webdataset",
         help="dataset format (default: webdataset)",
     )

@@ -21,7 +21,7 @@ from flowdc.core.split_ratios import parse_ratios
 from flowdc.core.version import __version__
 
 InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
-OutputFormat = Literal["webdataset", "imagefolder"]
+OutputFormat = Literal["webdataset", "imagefolder", "parquet"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm"]
 ResizeMode = Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]
@@ -54,10 +54,12 @@ class DownloadConfig(BaseModel):
     )
     output: str = Field(
         description="Folder the dataset is written to, or object storage such as "
-        "s3://bucket/prefix (webdataset only)."
+        "s3://bucket/prefix (webdataset or parquet)."
     )
     output_format: OutputFormat = Field(
-        "webdataset", description="webdataset (tar shards) or imagefolder (one folder per label)."
+        "webdataset",
+        description="webdataset (tar shards), imagefolder (one folder per label) or parquet "
+        "(Parquet shards that Hugging Face datasets loads as images and class labels).",
     )
     url: str = Field("url", description="Name of the input column holding image URLs.")
     label: str | None = Field(
@@ -401,6 +403,16 @@ class DownloadConfig(BaseModel):
                 raise ValueError(
                     f"encode_quality for png is a compression level 0-9, got {self.encode_quality}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _parquet_image_size(self) -> DownloadConfig:
+        """A Parquet image is one value of a binary column (datasets' Image): under 2 GiB."""
+        if self.output_format == "parquet" and self.max_bytes >= 2**31:
+            raise ValueError(
+                f"--output_format parquet stores each image as one binary value, under 2 GiB: "
+                f"set --max_bytes below {2**31}, or use --output_format webdataset"
+            )
         return self
 
     @model_validator(mode="after")

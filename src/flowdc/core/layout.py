@@ -2,9 +2,11 @@
 
 An output folder holds run-level files (the plan, labels, overview, runs, report, croissant,
 attribution, dedupe index, lock, and after `flowdc split` the split table, its summary and one
-list per split) and per-shard files named by the shard's number in 5 digits
-or more: `00042.tar` (WebDataset samples), `00042.parquet` (results table), `00042_stats.json`
-(the commit marker, written last) and, while an ImageFolder shard runs, `.00042.journal`. A
+list per split) and per-shard files named by the shard's number in 5 digits or more: `00042.tar`
+(WebDataset samples) or `00042.images.parquet` (Parquet samples), `00042.parquet` (results
+table), `00042_stats.json` (the commit marker, written last) and, while an ImageFolder shard
+runs, `.00042.journal`. The results tables' pattern (`NNNNN.parquet`) never matches a Parquet
+sample shard, so a reader of one never reads the other. A
 sample's key is its shard number followed by its row in the shard (planning/plan.py). Anything
 being written has a hidden temporary name (`temp_name`) until it is renamed into place.
 """
@@ -58,7 +60,7 @@ RUN_FILES = frozenset(
 FINISHED_FILES = (OVERVIEW_FILE, REPORT_FILE, CROISSANT_FILE, ATTRIBUTION_FILE)
 """Written when a run ends, from the committed shards."""
 
-SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.parquet|_stats\.json|\.journal)$")
+SHARD_FILE = re.compile(r"^\.?\d{5,}(\.tar|\.images\.parquet|\.parquet|_stats\.json|\.journal)$")
 MARKER_FILE = re.compile(r"^\d{5,}_stats\.json$")
 SAMPLE_FILE = re.compile(rf"^\.?\d{{5,}}\.[A-Za-z0-9]{{1,5}}({re.escape(TEMP_MARK)}.*)?$")
 """An ImageFolder image (KEY.ext), or its temporary name."""
@@ -84,6 +86,15 @@ def tar_name(shard: int) -> str:
 
 def tar_path(output: str | Path, shard: int) -> Path:
     return Path(output) / tar_name(shard)
+
+
+def parquet_shard_name(shard: int) -> str:
+    """A Parquet output's samples: not `NNNNN.parquet`, the results table's name."""
+    return f"{shard:05d}.images.parquet"
+
+
+def parquet_shard_path(output: str | Path, shard: int) -> Path:
+    return Path(output) / parquet_shard_name(shard)
 
 
 def results_path(output: str | Path, shard: int) -> Path:

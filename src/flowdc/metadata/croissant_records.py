@@ -1,8 +1,12 @@
-"""What croissant.json says of the files and the records: the distribution (tar shards or class
-folders, results tables, each FileObject with its size and sha256) and the record sets
-(`samples`: one per stored image joined with its results row; `results`: one per input row;
-`classes`; after `flowdc split`, `split_samples`). The dataset-level description around them is
-croissant.py's.
+"""What croissant.json says of the files and the records: the distribution (tar shards, class
+folders or Parquet shards, results tables, each FileObject with its size and sha256) and the
+record sets (`samples`: one per stored image joined with its results row; `results`: one per
+input row; `classes`; after `flowdc split`, `split_samples`). The dataset-level description
+around them is croissant.py's.
+
+In a Parquet output the images are a column of the `*.images.parquet` files: the samples' key is
+their `key` column and the image the `bytes` of their `image` column (struct<bytes, path>, which
+mlcroissant reads as a dict: a jsonPath transform takes the bytes).
 
 `split_samples` is read one split at a time with mlcroissant's filter on its `split` field
 (`records("split_samples", filters={"split_samples/split": "train"})`): mlcroissant filters only a
@@ -23,12 +27,14 @@ from flowdc.core.files import sha256_of
 from flowdc.core.layout import (
     SPLIT_NAMES,
     SPLITS_SUMMARY,
+    parquet_shard_name,
     results_path,
     split_list_name,
     tar_name,
 )
 from flowdc.metadata.tables import committed_shards
 from flowdc.planning.plan import Plan
+from flowdc.shard.writers.parquet import IMAGE_COLUMN
 
 MEDIA_TYPES = {
     "jpg": "image/jpeg",
@@ -47,6 +53,10 @@ MEDIA_TYPES = {
 # Results columns a comprehensive croissant exposes per image, beside key, image and label.
 _IMAGE_FACTS = ("url", "sha256", "width", "height", "format", "bytes", "http_status", "fetched_at")
 
+
+PARQUET_SHARDS = "*.images.parquet"
+RESULTS_TABLES = "[0-9][0-9][0-9][0-9][0-9].parquet"
+"""The results tables, and never a Parquet output's image shards."""
 
 # mlcroissant applies a joined field's transform twice (in the join, then when reading the
 # field), so the pattern also matches its own output, a bare key.
@@ -141,6 +151,19 @@ def distribution(plan: Plan, extensions: list[str]) -> list[dict[str, Any]]:
         images["description"] = "The downloaded images inside the tar shards."
         images["containedIn"] = [{"@id": tar_name(shard)} for shard in shards]
         images["includes"] = [f"*.{ext}" for ext in extensions]
+    elif plan.output_format == "parquet":
+        for shard in shards:
+            files.append(
+                _file_object(
+                    output,
+                    parquet_shard_name(shard),
+                    "application/x-parquet",
+                    f"Parquet shard {shard}: one row per image (image bytes, label, facts)",
+                )
+            )
+        images["description"] = "The Parquet shards: one row per downloaded image."
+        images["encodingFormat"] = "application/x-parquet"
+        images["includes"] = PARQUET_SHARDS
     else:
         images["description"] = "The downloaded images, one folder per label."
         images["includes"] = [f"*/*.{ext}" for ext in extensions]
@@ -161,7 +184,7 @@ def distribution(plan: Plan, extensions: list[str]) -> list[dict[str, Any]]:
             "name": "results-tables",
             "description": "Every results table (NNNNN.parquet) read as one table.",
             "encodingFormat": "application/x-parquet",
-            "includes": "[0-9][0-9][0-9][0-9][0-9].parquet",
+            "includes": RESULTS_TABLES,
         }
     )
     return files
@@ -183,26 +206,27 @@ def record_sets(plan: Plan, schema: pa.Schema, comprehensive: bool) -> list[dict
             _column_field(name, schema.field(name).type, ids[name]) for name in result_columns
         ],
     }
+    images = {"fileSet": {"@id": "images"}}
+    if plan.output_format == "parquet":
+        key_source = {**images, "extract": {"column": "key"}}
+        image_source = {
+            **images,
+            "extract": {"column": IMAGE_COLUMN},
+            "transform": {"jsonPath": "bytes"},
+        }
+    else:
+        key_source = {
+            **images,
+            "extract": {"fileProperty": "fullpath"},
+            "transform": {"regex": _KEY_REGEX},
+        }
+        image_source = {**images, "extract": {"fileProperty": "content"}}
     sample_fields = [
         {
-            **_field(
-                "samples",
-                "key",
-                "sc:Text",
-                {
-                    "fileSet": {"@id": "images"},
-                    "extract": {"fileProperty": "fullpath"},
-                    "transform": {"regex": _KEY_REGEX},
-                },
-            ),
+            **_field("samples", "key", "sc:Text", key_source),
             "references": {"field": {"@id": "results/key"}},
         },
-        _field(
-            "samples",
-            "image",
-            "sc:ImageObject",
-            {"fileSet": {"@id": "images"}, "extract": {"fileProperty": "content"}},
-        ),
+        _field("samples", "image", "sc:ImageObject", image_source),
     ]
     joined = [name for name in result_columns if name not in ("key", "status", "error")]
     for name in joined:
@@ -227,7 +251,8 @@ def record_sets(plan: Plan, schema: pa.Schema, comprehensive: bool) -> list[dict
 
 
 def classes_record_set(class_counts: dict[str, int], plan: Plan) -> dict[str, Any]:
-    index = plan.class_index() if plan.output_format == "webdataset" else {}
+    index = plan.class_index() if plan.output_format != "imagefolder" else {}
+    where = "the .cls member" if plan.output_format == "webdataset" else "the label column"
     rows = []
     for label in plan.labels or sorted(class_counts):
         row: dict[str, Any] = {"classes/label": label, "classes/images": class_counts.get(label, 0)}
@@ -247,7 +272,7 @@ def classes_record_set(class_counts: dict[str, int], plan: Plan) -> dict[str, An
         "@id": "classes",
         "name": "classes",
         "description": "The class list with the number of downloaded images of each class"
-        + (" and its class index (the .cls member)." if index else "."),
+        + (f" and its class index ({where})." if index else "."),
         "key": {"@id": "classes/label"},
         "field": fields,
         "data": rows,

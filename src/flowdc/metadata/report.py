@@ -18,15 +18,23 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import OVERVIEW_FILE, REPORT_FILE, SPLITS_SUMMARY, tar_path
+from flowdc.core.layout import (
+    OVERVIEW_FILE,
+    REPORT_FILE,
+    SPLITS_SUMMARY,
+    parquet_shard_path,
+    tar_path,
+)
 from flowdc.core.status import SUCCESS
 from flowdc.metadata import svg
 from flowdc.metadata.overview import build_overview
 from flowdc.metadata.tables import read_results, read_stats
 from flowdc.planning.plan import Plan
+from flowdc.shard.writers.parquet import IMAGE_COLUMN
 
 THUMBNAILS = 24
 THUMB_SIZE = 128
@@ -185,10 +193,13 @@ def _samples(plan: Plan, table: pa.Table) -> list[tuple[str, str, str | None]]:
     picked = ok.take(indices).to_pylist()
     output = Path(plan.output)
     images: dict[str, bytes] = {}
-    if plan.output_format == "webdataset":
-        by_shard: dict[int, set[str]] = defaultdict(set)
-        for row in picked:
-            by_shard[row["shard"]].add(row["path"])
+    by_shard: dict[int, set[str]] = defaultdict(set)
+    for row in picked:
+        by_shard[row["shard"]].add(row["path"])
+    if plan.output_format == "parquet":
+        for shard, names in by_shard.items():
+            images.update(_parquet_images(parquet_shard_path(output, shard), names))
+    elif plan.output_format == "webdataset":
         for shard, names in by_shard.items():
             try:
                 with tarfile.open(tar_path(output, shard)) as tar:
@@ -216,6 +227,24 @@ def _samples(plan: Plan, table: pa.Table) -> list[tuple[str, str, str | None]]:
         )
         for row in picked
     ]
+
+
+def _parquet_images(path: Path, names: set[str]) -> dict[str, bytes]:
+    """The images named in a Parquet shard, read a batch of rows at a time up to the last."""
+    found: dict[str, bytes] = {}
+    try:
+        with pq.ParquetFile(path) as shard:
+            for batch in shard.iter_batches(batch_size=64, columns=[IMAGE_COLUMN]):
+                paths = pc.struct_field(batch.column(0), "path").to_pylist()
+                for position, name in enumerate(paths):
+                    if name in names and name not in found:
+                        data = pc.struct_field(batch.column(0), "bytes")[position].as_py()
+                        found[name] = data or b""
+                if len(found) == len(names):
+                    break
+    except (OSError, ValueError):  # pyarrow's errors: the thumbnails are shown as missing
+        pass
+    return found
 
 
 def _figure(label: str, value: str) -> str:

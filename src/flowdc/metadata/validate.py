@@ -1,7 +1,9 @@
 """`flowdc validate OUTPUT`: check a finished dataset against its own results tables.
 
 Every committed sample must be present exactly once with the sha256 its results row records,
-every tar must read to its end, no sample may be there that the tables do not list, and
+every tar must read to its end (every Parquet shard too, a row group at a time, its `image`
+column typed as `datasets` reads images and its labels those of the plan), no sample may be
+there that the tables do not list, and
 croissant.json (when there is one) must describe the files as they are. Each problem names the
 file it is about.
 """
@@ -11,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowdc.core.errors import FlowDCError
@@ -24,6 +28,8 @@ from flowdc.core.layout import (
     CROISSANT_FILE,
     TEMP_MARK,
     is_committed,
+    parquet_shard_name,
+    parquet_shard_path,
     results_path,
     stats_path,
     tar_name,
@@ -32,6 +38,7 @@ from flowdc.core.layout import (
 from flowdc.core.status import SUCCESS
 from flowdc.metadata.croissant import check_croissant
 from flowdc.planning.plan import Plan
+from flowdc.shard.writers.parquet import IMAGE_COLUMN, IMAGE_TYPE, LABEL_COLUMN
 
 MAX_SHOWN = 20
 
@@ -100,6 +107,56 @@ def _check_tar(path: Path, expected: dict[str, str], verdict: Verdict) -> None:
         verdict.problems.append(f"{path.name}: {name} is missing (a committed sample)")
 
 
+def _parquet_images(path: Path, plan: Plan, verdict: Verdict) -> Iterator[tuple[str, bytes]]:
+    """(image path, bytes) of every row of a Parquet shard, a batch at a time; a problem for a
+    file `datasets` would not read as images and class labels."""
+    with pq.ParquetFile(path) as shard:
+        schema = shard.schema_arrow
+        if IMAGE_COLUMN not in schema.names or schema.field(IMAGE_COLUMN).type != IMAGE_TYPE:
+            verdict.problems.append(f"{path.name}: no `{IMAGE_COLUMN}` column of type {IMAGE_TYPE}")
+            return
+        features = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+        label = features.get("info", {}).get("features", {}).get(LABEL_COLUMN, {})
+        if plan.label_column and plan.labels is not None and label.get("names") != plan.labels:
+            verdict.problems.append(
+                f"{path.name}: its ClassLabel names are not the labels of {plan.output}'s plan"
+            )
+        for batch in shard.iter_batches(batch_size=64, columns=[IMAGE_COLUMN]):
+            names = pc.struct_field(batch.column(0), "path").to_pylist()
+            datas = pc.struct_field(batch.column(0), "bytes").to_pylist()
+            for name, data in zip(names, datas, strict=True):
+                yield name or "", data or b""
+
+
+def _check_parquet(path: Path, expected: dict[str, str], plan: Plan, verdict: Verdict) -> None:
+    """expected: image path -> sha256 of every committed sample of this shard."""
+    seen: set[str] = set()
+    try:
+        for name, data in _parquet_images(path, plan, verdict):
+            if name not in expected:
+                verdict.problems.append(
+                    f"{path.name}: {name} is not a committed sample of its results table"
+                )
+            elif name in seen:
+                verdict.problems.append(f"{path.name}: {name} is there twice")
+            elif hashlib.sha256(data).hexdigest() != expected[name]:
+                seen.add(name)
+                verdict.problems.append(
+                    f"{path.name}: {name} does not match its sha256 in the results table"
+                )
+            else:
+                seen.add(name)
+                verdict.samples += 1
+    except FileNotFoundError:
+        verdict.problems.append(f"{path.name}: missing ({len(expected)} committed samples)")
+        return
+    except (OSError, ValueError) as exc:  # pyarrow's errors are both
+        verdict.problems.append(f"{path.name}: not a readable Parquet file ({exc})")
+        return
+    for name in sorted(set(expected) - seen):
+        verdict.problems.append(f"{path.name}: {name} is missing (a committed sample)")
+
+
 def _check_folder_files(
     output: Path, expected: dict[str, str], plan: Plan, verdict: Verdict
 ) -> None:
@@ -154,6 +211,8 @@ def _check_croissant(output: Path, verdict: Verdict, plan: Plan) -> None:
     wanted = [results_path(output, s).name for s in range(plan.shard_count)]
     if plan.output_format == "webdataset":
         wanted += [tar_name(s) for s in range(plan.shard_count)]
+    elif plan.output_format == "parquet":
+        wanted += [parquet_shard_name(s) for s in range(plan.shard_count)]
     for name in wanted:
         if (output / name).exists() and name not in listed:
             verdict.problems.append(
@@ -224,6 +283,8 @@ def validate_output(output: Path) -> Verdict:
                 expected[row["path"]] = row.get("stored_sha256") or row["sha256"]
         if plan.output_format == "webdataset":
             _check_tar(tar_path(output, shard), expected, verdict)
+        elif plan.output_format == "parquet":
+            _check_parquet(parquet_shard_path(output, shard), expected, plan, verdict)
         else:
             folder_files.update(expected)
     if plan.output_format == "imagefolder":

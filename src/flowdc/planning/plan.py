@@ -92,7 +92,8 @@ class Plan:
     key_width: int
     extra_columns: dict[str, str] = field(default_factory=dict)  # plan column -> input column
     # Distinct labels when categorical, in class-index order: numeric or text order for
-    # webdataset, folder-name order for imagefolder (the order torchvision and datasets use).
+    # webdataset and parquet, folder-name order for imagefolder (the order torchvision and
+    # datasets use).
     labels: list[str] | None = None
     label_counts: list[int] | None = None
     label_folders: dict[str, str] | None = None
@@ -392,7 +393,7 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
         settings=stored_options(config),
     )
     os.replace(tmp_path, plan.table_path)
-    if labels is not None and config.output_format == "webdataset":
+    if labels is not None and config.output_format != "imagefolder":
         write_labels_file(plan)
     atomic_write_text(output / PLAN_META, plan.to_json())
     return plan

@@ -35,7 +35,7 @@ def stored_options(config: DownloadConfig) -> dict[str, Any]:
     if values["resize_mode"] == "no":
         for name in _RESIZE_ONLY:
             values.pop(name)
-        if values["encode_format"] is None and config.output_format == "webdataset":
+        if values["encode_format"] is None and config.output_format != "imagefolder":
             values.pop("encode_quality")  # nothing is encoded: the bytes are stored as they came
     return values
 

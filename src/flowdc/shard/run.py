@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import ImageRejected
-from flowdc.core.layout import is_committed, results_path, tar_path
+from flowdc.core.layout import is_committed, results_path
 from flowdc.core.results import RESULT_FIELDS, ShardResult
 from flowdc.core.status import LICENSE_FILTERED, MISSING_LABEL, SUCCESS
 from flowdc.planning.license_columns import row_filter
@@ -31,11 +31,12 @@ from flowdc.shard.fetch.client import Fetcher
 from flowdc.shard.fetch.http import FetchResult, parse_url
 from flowdc.shard.fetch.scheduler import Batch
 from flowdc.shard.processing import Duplicate, ImageProcessor
-from flowdc.shard.records import now, result_record, sample_meta_json
+from flowdc.shard.records import SAMPLE_FACT_FIELDS, now, result_record, sample_meta
 from flowdc.shard.retry import retry_rows
 from flowdc.shard.writers import SampleWriter, recover_shard
 from flowdc.shard.writers.background import BackgroundWriter
 from flowdc.shard.writers.imagefolder import FolderShardWriter
+from flowdc.shard.writers.parquet import ParquetShardWriter, image_table
 from flowdc.shard.writers.webdataset import TarShardWriter
 
 ProgressCallback = Callable[[bool, int], None]
@@ -49,6 +50,7 @@ class _ShardRun:
         config: DownloadConfig,
         fetcher: Fetcher,
         on_progress: ProgressCallback | None,
+        plan_schema: pa.Schema,
     ) -> None:
         self.plan = plan
         self.shard = shard
@@ -59,18 +61,14 @@ class _ShardRun:
         # imagefolder loaders number classes by the folders that exist: see labels.json
         self.class_index = (
             plan.class_index()
-            if plan.labels is not None and plan.output_format == "webdataset"
+            if plan.labels is not None and plan.output_format != "imagefolder"
             else None
         )
         self.needs_label = plan.output_format == "imagefolder"
         self.extra_names = list(plan.extra_columns)
         self.records: list[dict[str, Any]] = []
         self.batch = Batch()
-        self.writer: SampleWriter = (
-            FolderShardWriter(self.output, shard, plan.label_folders or {})
-            if plan.output_format == "imagefolder"
-            else TarShardWriter(self.output, shard)
-        )
+        self.writer = _writer(plan, shard, plan_schema)
         self.processor = ImageProcessor(config, self.output, shard, self.needs_label)
         self.writes = BackgroundWriter(self.writer, f"flowdc-write-{shard}")
         self.license_filter = row_filter(plan.extra_columns, config)
@@ -133,14 +131,14 @@ class _ShardRun:
             original_width=image.original_width,
             original_height=image.original_height,
         )
-        meta_json = sample_meta_json(record, row, self.extra_names)
+        meta = sample_meta(record, row, self.extra_names)
         # one thread writes the shard's samples, in order, and sets record["path"]
         await self.writes.put(
             record,
             row["key"],
             image.extension,
             image.data,
-            meta_json,
+            meta,
             row["label"],
             record["class_index"],
         )
@@ -154,6 +152,18 @@ class _ShardRun:
         self.records.sort(key=lambda record: record["row"])
         schema = pa.schema(RESULT_FIELDS + [extra_schema.field(n) for n in self.extra_names])
         return pa.Table.from_pylist(self.records, schema=schema)
+
+
+def _writer(plan: Plan, shard: int, plan_schema: pa.Schema) -> SampleWriter:
+    """The shard's writer for the plan's output format."""
+    output = Path(plan.output)
+    if plan.output_format == "imagefolder":
+        return FolderShardWriter(output, shard, plan.label_folders or {})
+    if plan.output_format == "parquet":
+        extras = [plan_schema.field(name) for name in plan.extra_columns]
+        layout = image_table(SAMPLE_FACT_FIELDS, extras, plan.labels, plan.label_column is not None)
+        return ParquetShardWriter(output, shard, layout)
+    return TarShardWriter(output, shard)
 
 
 async def run_shard_async(
@@ -173,7 +183,7 @@ async def run_shard_async(
     started_at, started = now(), time.monotonic()
     recover_shard(output, shard)
     table = plan.read_shard(shard)
-    run = _ShardRun(plan, shard, config, fetcher, on_progress)
+    run = _ShardRun(plan, shard, config, fetcher, on_progress, table.schema)
     if not await _fetch_and_write(run, table.to_pylist(), first=True):
         return ShardResult.load(output, shard)
     results = run.results_table(table.schema)
@@ -209,15 +219,15 @@ async def _retry_shard(
     recover_shard(output, shard, keep=frozenset(in_results))
     table = plan.read_shard(shard)
     todo = table.filter(pc.is_in(table.column("row"), pa.array(sorted(rows), table["row"].type)))
-    run = _ShardRun(plan, shard, config, fetcher, on_progress)
-    tar = tar_path(output, shard)
-    if isinstance(run.writer, TarShardWriter) and tar.exists():
+    run = _ShardRun(plan, shard, config, fetcher, on_progress, table.schema)
+    writer = run.writer
+    if isinstance(writer, (TarShardWriter, ParquetShardWriter)) and writer.final_path.exists():
         try:
-            run.writer.copy_samples(tar, skip_keys=set(todo.column("key").to_pylist()))
+            writer.copy_samples(writer.final_path, skip_keys=set(todo.column("key").to_pylist()))
         except BaseException:
             run.writes.stop()
             run.processor.close()
-            run.writer.abort()
+            writer.abort()
             raise
     await _fetch_and_write(run, todo.to_pylist(), first=False)
     fresh = run.results_table(table.schema)

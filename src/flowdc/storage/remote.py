@@ -1,11 +1,11 @@
 """Object storage (s3:// and any other fsspec URL) as input and output.
 
 Nothing is renamed on object storage, where a rename is a copy and not atomic. A shard is built
-in a local staging folder and uploaded in commit order: the tar, then the results table, then
-the stats marker last. Each upload is one whole object, so a reader sees the old object or the
-new one, never a part; a shard counts as done only once its marker exists, and by then
-everything the marker points to is in place. The plan is uploaded the same way (table first,
-its JSON last), and workers read it from the output.
+in a local staging folder and uploaded in commit order: the samples (the tar, or the Parquet
+shard), then the results table, then the stats marker last. Each upload is one whole object, so
+a reader sees the old object or the new one, never a part; a shard counts as done only once its
+marker exists, and by then everything the marker points to is in place. The plan is uploaded
+the same way (table first, its JSON last), and workers read it from the output.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from flowdc.core.layout import (
     PLAN_META,
     PLAN_TABLE,
     is_remote,
+    parquet_shard_path,
     results_path,
     stats_path,
     tar_path,
@@ -238,5 +239,8 @@ def _upload_shard(store: RemoteStore, staging: Path, shard: int) -> None:
     marker = stats_path(staging, shard)
     if store.read_text(marker.name) is not None:
         return
-    for path in (tar_path(staging, shard), results_path(staging, shard), marker):
+    samples = [
+        p for p in (tar_path(staging, shard), parquet_shard_path(staging, shard)) if p.exists()
+    ]
+    for path in (*samples, results_path(staging, shard), marker):
         store.upload(path, path.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from flowdc.core.layout import TEMP_MARK, journal_path, temp_name
 
@@ -45,7 +46,7 @@ class FolderShardWriter:
         key: str,
         extension: str,
         data: bytes,
-        meta_json: bytes,
+        meta: dict[str, Any],
         label: str | None,
         class_index: int | None,
     ) -> str:
