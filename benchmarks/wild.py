@@ -304,10 +304,13 @@ def run_case(
 ) -> dict:
     run = bed.run(label, command, machines, args.duration_limit)
     ideal = wild_measure.ideal(bed.hosts, rows, sizes, machines, mbit, args.timeout)
-    result = wild_measure.measure(
-        bed.hosts, rows, run.pop("log"), out, run["started"], run["seconds"]
-    )
+    log = run.pop("log")
+    result = wild_measure.measure(bed.hosts, rows, log, out, run["started"], run["seconds"])
     result.update(run)
+    # every request the hosts saw, as seconds from the tool's start (JSON only)
+    result["server_log"] = [
+        (round(t - run["started"], 4), h, c, b, r) for t, h, c, b, r in log["log"]
+    ]
     result["ideal"] = {k: v for k, v in ideal.items() if k != "per_host"}
     result["ideal_per_host"] = ideal["per_host"]
     result["time_over_ideal"] = run["seconds"] / ideal["seconds"] if ideal["seconds"] else None
@@ -351,6 +354,18 @@ def print_run(label: str, r: dict, hosts: list[wild_hosts.Host]) -> None:
     )
     kinds = ", ".join(f"{k} {v['success']}/{v['rows']}" for k, v in sorted(r["per_kind"].items()))
     print(f"   success per kind: {kinds}")
+    print(
+        f"   last request of a living host at {r['last_useful_request']:.0f} s: the last "
+        f"{r['dead_tail']:.0f} s only dead hosts kept the run going"
+    )
+    for host, b in sorted(r["behaviour"].items(), key=lambda kv: kv[1]["kind"]):
+        spec = by_index[host]
+        detail = f"share {spec.flaky_share} {spec.flaky_mode}" if spec.kind == "flaky" else ""
+        print(
+            f"   {b['kind']} host {host} {detail}: {b['success']}/{b['urls']} ok, "
+            f"{b['requests']} requests, {b['achieved_rate']} requests/s of {b['allowed_rate']} "
+            f"allowed, refused {b['refused_share']:.0%}, first {b['first']}, last {b['last']}"
+        )
     late = []
     for host, times in r["timeline"].items():
         allowed = r["ideal_per_host"].get(host)
@@ -377,12 +392,13 @@ def table(results: list[dict]) -> None:
     for r in results:
         ratio = f"{r['time_over_ideal']:.2f}" if r["time_over_ideal"] else "-"
         ideal = f"{r['ideal']['seconds']:.0f}" if r["ideal"]["seconds"] else "-"
+        dead = f"{r['dead_rows_failed']}/{r['dead_rows']}"
         print(
             f"{r['case']:<12}{r['tool']:<12}{r['machines']:>5}{r['seconds']:>8.1f}{ideal:>8}"
             f"{ratio:>8}{r['images_per_s']:>7.0f}{r['success'] / r['rows']:>8.1%}"
             f"{r['throttled_share']:>8.1%}{r['max_over_limit']:>9.2f}"
             f"{len(r['hosts_over_1_1']):>5}{'yes' if r['accounted'] else 'NO':>8}"
-            f"{r['dead_rows_failed']}/{r['dead_rows']:<4}{r['client_cores']:>6.2f}"
+            f"{dead:>8}{r['client_cores']:>6.2f}"
         )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from wild_hosts import FLAKY, Host
+from wild_hosts import DEAD_KINDS, FLAKY, Host
 from wild_net import host_name
 
 WINDOW = 10.0  # seconds: the window of the over-limit measure
@@ -185,6 +185,37 @@ def measure(
         for host, times in requests.items()
     }
     worst = max(over, key=over.__getitem__) if over else None
+    # the time only dead hosts kept the run going: after the last request of a living host
+    living = [t["last"] for h, t in timeline.items() if by_index[h].kind not in DEAD_KINDS]
+    dying_served = [
+        when - started for when, h, code, _, _ in log["log"]
+        if code == 200 and by_index[int(h)].kind == "dying"
+    ]  # fmt: skip
+    last_useful = max(living + dying_served, default=0.0)
+    # per host of a behaviour: what it allowed, what it got
+    behaviour = {}
+    listed = {h for _, h in expected.values()}
+    for host in hosts:
+        if host.kind not in ("flaky", "noburst", "comeback", "dying") or host.index not in listed:
+            continue
+        times = requests.get(host.index, [])
+        span = (max(times) - min(times)) if len(times) > 1 else 0.0
+        allowed = min(host.rate or 1e9, host.knee / host.ttfb)
+        got = host_codes[host.index]
+        ok = sum(status.get(u) == "success" for u, (_, h) in expected.items() if h == host.index)
+        behaviour[host.index] = {
+            "kind": host.kind,
+            "urls": host.urls,
+            "success": ok,
+            "requests": len(times),
+            "allowed_rate": round(allowed, 2),
+            "achieved_rate": round(len(times) / span, 2) if span else None,
+            "refused_share": round(sum(got[c] for c in THROTTLES) / len(times), 3)
+            if times
+            else 0.0,
+            "first": min(times) - started if times else None,
+            "last": max(times) - started if times else None,
+        }
     return {
         "seconds": seconds,
         "rows": len(expected),
@@ -207,6 +238,9 @@ def measure(
         "max_over_limit": over[worst] if worst is not None else 0.0,
         "max_over_limit_host": worst,
         "hosts_over_1_1": sorted(h for h, v in over.items() if v > 1.1),
+        "last_useful_request": last_useful,
+        "dead_tail": seconds - last_useful,
+        "behaviour": behaviour,
         "per_kind": {k: dict(v) for k, v in per_kind.items()},
         "timeline": timeline,
         "statuses": dict(Counter(s for _, s in results)),
