@@ -20,8 +20,8 @@ Cases (each run bounded by --duration-limit seconds, then stopped; what it wrote
   namespace, `--concurrent_downloads` 256 per machine, as docs/distributed.md says);
 - img2dataset: img2dataset on the same list from 1 machine, with the settings of throughput.py
   (2 processes x 64 threads, timeout 30: what its README recommends for a 2-core machine);
-- scale: `flowdc download` on a list of hosts without limits, 1, 2 and 4 machines: the scaling
-  efficiency where the machines' bandwidth, not the hosts, binds;
+- scale: `flowdc download` on a list of hosts without limits, 1, 2 and 4 machines capped at
+  --scale-mbit: the scaling efficiency where the machines' bandwidth, not the hosts, binds;
 - resize: both tools with center_crop to 256 px on the no-limit list, one machine without a cap
   (CPU binds), then benchmarks/pixel_floor.py on the bed's pool.
 
@@ -420,7 +420,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pool", type=int, default=64, help="images in the pool")
     parser.add_argument("--mbit", type=float, default=400, help="each machine's download cap")
-    parser.add_argument("--open-urls", type=int, default=4000, help="URLs of the no-limit list")
+    parser.add_argument("--open-urls", type=int, default=8000, help="URLs of the no-limit list")
+    parser.add_argument("--scale-mbit", type=float, default=200,
+                        help="each machine's cap in the scale case: low enough that 4 machines "
+                        "stay under what 2 cores can download and store")  # fmt: skip
     parser.add_argument("--comeback-after", type=float, default=30.0)
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="both tools' request timeout (FLOW-DC's default; throughput.py gives "
@@ -478,10 +481,16 @@ def main() -> int:
                                                   "--disable_all_reencoding", "True")  # fmt: skip
                     one("wild", "img2dataset", 1, command, rows, out)
                 elif case == "scale":
-                    for m in args.machines:
-                        out = work / f"out-scale-{m}"
-                        command = flowdc_command(lists["open"], out, m, *extra)
-                        one("scale", "flowdc", m, command, open_rows, out)
+                    for machine in range(max(args.machines)):
+                        bed.set_cap(machine, args.scale_mbit)
+                    try:
+                        for m in args.machines:
+                            out = work / f"out-scale-{m}"
+                            command = flowdc_command(lists["open"], out, m, *extra)
+                            one("scale", "flowdc", m, command, open_rows, out, args.scale_mbit)
+                    finally:
+                        for machine in range(max(args.machines)):
+                            bed.set_cap(machine, args.mbit)
                 elif case == "resize":
                     bed.set_cap(0, None)
                     try:
