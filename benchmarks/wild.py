@@ -309,7 +309,7 @@ def run_case(
     result.update(run)
     # every request the hosts saw, as seconds from the tool's start (JSON only)
     result["server_log"] = [
-        (round(t - run["started"], 4), h, c, b, r) for t, h, c, b, r in log["log"]
+        (round(t - run["started"], 4), h, c, b, r, m) for t, h, c, b, r, m in log["log"]
     ]
     result["ideal"] = {k: v for k, v in ideal.items() if k != "per_host"}
     result["ideal_per_host"] = ideal["per_host"]
@@ -354,6 +354,10 @@ def print_run(label: str, r: dict, hosts: list[wild_hosts.Host]) -> None:
     )
     kinds = ", ".join(f"{k} {v['success']}/{v['rows']}" for k, v in sorted(r["per_kind"].items()))
     print(f"   success per kind: {kinds}")
+    print(
+        f"   MB per machine (server side) {r['machine_mb']}; MB/s per 10 s from the start: "
+        f"{r['mb_per_s_by_10s']}"
+    )
     print(
         f"   last request of a living host at {r['last_useful_request']:.0f} s: the last "
         f"{r['dead_tail']:.0f} s only dead hosts kept the run going"

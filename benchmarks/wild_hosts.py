@@ -16,7 +16,8 @@ headers), a bandwidth cap (writes paced on a per-host byte clock) and an answer 
   machine is gone: new SYNs vanish, answers in flight stall);
 - comeback: refuses connections until `back_after` seconds after the run starts, then serves.
 
-Every request a host sees is logged (arrival time on CLOCK_MONOTONIC, host, status, bytes, row);
+Every request a host sees is logged (arrival time on CLOCK_MONOTONIC, host, status, bytes, row,
+client machine: the last byte of the peer's address less 11);
 the bed reads the log through a control socket (a Unix socket: a file, not a network address).
 
     python wild_hosts.py SPEC.json POOL_DIR CONTROL_SOCKET      (inside the hosts' namespace)
@@ -181,7 +182,7 @@ class Hosts:
     def __init__(self, specs: list[Host], pool: list[bytes], addresses: list[str]) -> None:
         self.pool = pool
         self.states = [HostState(s, a) for s, a in zip(specs, addresses, strict=True)]
-        self.log: list[tuple[float, int, int, int, int]] = []
+        self.log: list[tuple[float, int, int, int, int, int]] = []
         self.writers: set[asyncio.StreamWriter] = set()
         self.timers: list[asyncio.TimerHandle] = []
         self.t0 = time.monotonic()
@@ -212,7 +213,7 @@ class Hosts:
         await self.ip("route", "add", "blackhole", f"{state.address}/32")
         await self.ip("addr", "del", f"{state.address}/32", "dev", "lo")
         await self.unlisten(state)
-        self.log.append((time.monotonic(), state.spec.index, -2, 0, -1))  # the death, logged
+        self.log.append((time.monotonic(), state.spec.index, -2, 0, -1, -1))  # the death, logged
 
     async def revive(self, state: HostState) -> None:
         if state.dead:
@@ -249,7 +250,7 @@ class Hosts:
 
     async def back(self, state: HostState) -> None:
         await self.listen(state)
-        self.log.append((time.monotonic(), state.spec.index, -3, 0, -1))  # back, logged
+        self.log.append((time.monotonic(), state.spec.index, -3, 0, -1, -1))  # back, logged
 
     async def connection(
         self, state: HostState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -257,9 +258,13 @@ class Hosts:
         self.writers.add(writer)
         writer.transport.set_write_buffer_limits(high=256 * 1024)
         try:
+            machine = int(writer.get_extra_info("peername")[0].rsplit(".", 1)[1]) - 11
+        except (TypeError, ValueError, IndexError):
+            machine = -1
+        try:
             for _ in range(100_000):  # requests on one keep-alive connection
                 head = await reader.readuntil(b"\r\n\r\n")
-                if not await self.request(state, head, writer):
+                if not await self.request(state, head, writer, machine):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
@@ -268,7 +273,9 @@ class Hosts:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def request(self, state: HostState, head: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def request(
+        self, state: HostState, head: bytes, writer: asyncio.StreamWriter, machine: int
+    ) -> bool:
         """Answer one request; False to close the connection."""
         now = time.monotonic()
         spec = state.spec
@@ -283,11 +290,11 @@ class Hosts:
             await asyncio.sleep(300)  # a dead machine answers nothing
             return False
         if not 0 <= pick < len(self.pool):
-            self.log.append((now, spec.index, 404, 0, row))
+            self.log.append((now, spec.index, 404, 0, row, machine))
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             return True
         if not state.admit(now):
-            self.log.append((now, spec.index, spec.throttle_status, 0, row))
+            self.log.append((now, spec.index, spec.throttle_status, 0, row, machine))
             reason = b"Too Many Requests" if spec.throttle_status == 429 else b"Unavailable"
             extra = b"" if spec.retry_after is None else b"Retry-After: %d\r\n" % spec.retry_after
             writer.write(
@@ -302,11 +309,11 @@ class Hosts:
             await asyncio.sleep(spec.ttfb * (1 + over))
             if spec.kind == "flaky" and state.rng.random() < spec.flaky_share:
                 if spec.flaky_mode == "reset":
-                    self.log.append((now, spec.index, -1, 0, row))
+                    self.log.append((now, spec.index, -1, 0, row, machine))
                     writer.transport.abort()
                     return False
                 code = int(spec.flaky_mode)
-                self.log.append((now, spec.index, FLAKY + code, 0, row))
+                self.log.append((now, spec.index, FLAKY + code, 0, row, machine))
                 writer.write(b"HTTP/1.1 %d Error\r\nContent-Length: 0\r\n\r\n" % code)
                 return True
             if state.dead:
@@ -318,7 +325,7 @@ class Hosts:
                 % len(body)
             )
             await self.send(state, writer, memoryview(body))
-            self.log.append((now, spec.index, 200, len(body), row))
+            self.log.append((now, spec.index, 200, len(body), row, machine))
             state.served += 1
             if spec.kind == "dying" and state.served >= spec.urls // 2 and not state.dead:
                 await self.die(state)

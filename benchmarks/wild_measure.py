@@ -142,9 +142,13 @@ def measure(
     codes: Counter[int] = Counter()
     host_codes: dict[int, Counter[int]] = defaultdict(Counter)
     served_rows = set()
-    for when, host, code, _, row in log["log"]:
+    machine_bytes: Counter[int] = Counter()
+    profile: Counter[int] = Counter()  # bytes served per 10 s from the run's start
+    for when, host, code, nbytes, row, machine in log["log"]:
         if code in (-2, -3):  # the dying host's death, the comeback host's return
             continue
+        machine_bytes[int(machine)] += nbytes
+        profile[int((when - started) // WINDOW)] += nbytes
         requests[int(host)].append(when)
         codes[int(code)] += 1
         host_codes[int(host)][int(code)] += 1
@@ -188,7 +192,7 @@ def measure(
     # the time only dead hosts kept the run going: after the last request of a living host
     living = [t["last"] for h, t in timeline.items() if by_index[h].kind not in DEAD_KINDS]
     dying_served = [
-        when - started for when, h, code, _, _ in log["log"]
+        when - started for when, h, code, *_ in log["log"]
         if code == 200 and by_index[int(h)].kind == "dying"
     ]  # fmt: skip
     last_useful = max(living + dying_served, default=0.0)
@@ -239,6 +243,10 @@ def measure(
         "max_over_limit_host": worst,
         "hosts_over_1_1": sorted(h for h, v in over.items() if v > 1.1),
         "last_useful_request": last_useful,
+        "machine_mb": {m: round(b / 1e6) for m, b in sorted(machine_bytes.items())},
+        "mb_per_s_by_10s": [round(profile[i] / 1e6 / WINDOW, 1) for i in range(max(profile) + 1)]
+        if profile
+        else [],
         "dead_tail": seconds - last_useful,
         "behaviour": behaviour,
         "per_kind": {k: dict(v) for k, v in per_kind.items()},
