@@ -381,7 +381,8 @@ def print_run(label: str, r: dict, hosts: list[wild_hosts.Host]) -> None:
         print(
             f"   late host {host} ({spec.kind}, {spec.urls} URLs, rate {spec.rate}, ttfb "
             f"{spec.ttfb}, knee {spec.knee}): first request at {times['first']:.0f} s, last at "
-            f"{times['last']:.0f} s, its ideal {allowed:.0f} s, answers {times['codes']}"
+            f"{times['last']:.0f} s, its ideal {allowed:.0f} s, answers {times['codes']}, "
+            f"most in flight {times['max_inflight']}"
         )
     if r["returncode"] not in (0, None) and not r["timed_out"]:
         print("   stderr: " + r["stderr_tail"][-600:].replace("\n", "\n   "))

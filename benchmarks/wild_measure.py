@@ -185,6 +185,7 @@ def measure(
             "last": max(times) - started,
             "requests": len(times),
             "codes": dict(host_codes[host]),
+            "max_inflight": log.get("hosts", {}).get(str(host), {}).get("max_inflight"),
         }
         for host, times in requests.items()
     }
