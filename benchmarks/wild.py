@@ -313,7 +313,9 @@ def run_case(
     ]
     result["ideal"] = {k: v for k, v in ideal.items() if k != "per_host"}
     result["ideal_per_host"] = ideal["per_host"]
-    result["time_over_ideal"] = run["seconds"] / ideal["seconds"] if ideal["seconds"] else None
+    if mbit is None:  # no cap and no host limit: nothing bounds the time but the CPU
+        result["ideal"]["seconds"] = None
+    result["time_over_ideal"] = run["seconds"] / ideal["seconds"] if mbit else None
     result["images_per_s"] = result["success"] / run["seconds"]
     result["client_cores"] = run["client_cpu"] / run["seconds"]
     with contextlib.suppress(OSError, ValueError, KeyError):
@@ -326,11 +328,15 @@ def run_case(
 
 def print_run(label: str, r: dict, hosts: list[wild_hosts.Host]) -> None:
     ideal = r["ideal"]
+    bound = (
+        f"ideal {ideal['seconds']:.1f} s (bandwidth {ideal['bandwidth_seconds']:.1f} s, slowest "
+        f"host {ideal['slowest_host']} {ideal['slowest_host_seconds']:.1f} s)"
+        if ideal["seconds"]
+        else "no ideal (no cap, no host limit: the CPU binds)"
+    )
     print(
         f"\n== {label}: {r['seconds']:.1f} s{' (STOPPED at the limit)' if r['timed_out'] else ''}"
-        f", exit {r['returncode']}; ideal {ideal['seconds']:.1f} s (bandwidth "
-        f"{ideal['bandwidth_seconds']:.1f} s, slowest host {ideal['slowest_host']} "
-        f"{ideal['slowest_host_seconds']:.1f} s)"
+        f", exit {r['returncode']}; {bound}"
     )
     print(
         f"   rows {r['results_rows']}/{r['rows']} (missing {r['missing']}, duplicated "
