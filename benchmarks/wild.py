@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -56,6 +57,20 @@ from throughput import ensure_img2dataset, i2d_command
 HERE = Path(__file__).resolve().parent
 CASES = ("wild", "img2dataset", "scale", "resize")
 SCHEDULER_PORT = 8786
+
+
+def flowdc_version() -> str:
+    """Which FLOW-DC the runs use: the git commit of the source `python -m flowdc` imports, and
+    whether its tree has changes (an editable install runs whatever that tree holds)."""
+    spec = importlib.util.find_spec("flowdc")
+    if spec is None or spec.origin is None:
+        return "not installed"
+    folder = Path(spec.origin).resolve().parent
+    git = ["git", "-C", str(folder)]
+    head = subprocess.run([*git, "log", "-1", "--format=%h %ci"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "."], capture_output=True, text=True)
+    changed = " + uncommitted changes" if dirty.stdout.strip() else ""
+    return f"{folder}: {head.stdout.strip() or 'not a git tree'}{changed}"
 
 
 def clean_env() -> dict[str, str]:
@@ -460,6 +475,8 @@ def main() -> int:
         f"pool of {len(sizes)} JPEGs in {pool_dir}, mean {statistics.mean(sizes) / 1e3:.0f} KB; "
         f"machines {args.machines}, {args.mbit:g} Mbit/s each; {os.cpu_count()} cores"
     )
+    version = flowdc_version()
+    print(f"FLOW-DC: {version}")
     counts: dict[str, int] = {}
     for host in hosts:
         counts[host.kind] = counts.get(host.kind, 0) + 1
@@ -526,7 +543,11 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
         if args.json:
             Path(args.json).write_text(
-                json.dumps({"args": vars(args), "results": results}, indent=1, default=str)
+                json.dumps(
+                    {"args": vars(args), "flowdc": version, "results": results},
+                    indent=1,
+                    default=str,
+                )
             )
     return 0
 
