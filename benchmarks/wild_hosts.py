@@ -186,6 +186,11 @@ class Hosts:
         self.writers: set[asyncio.StreamWriter] = set()
         self.timers: list[asyncio.TimerHandle] = []
         self.t0 = time.monotonic()
+        self.generation = 0  # a run's number: a request of an earlier run is not logged in this
+
+    def record(self, generation: int, entry: tuple[float, int, int, int, int, int]) -> None:
+        if generation == self.generation:
+            self.log.append(entry)
 
     async def listen(self, state: HostState) -> None:
         if state.server is None:
@@ -229,6 +234,7 @@ class Hosts:
         for writer in list(self.writers):
             writer.transport.abort()
         self.writers.clear()
+        self.generation += 1
         self.log = []
         self.t0 = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -278,6 +284,7 @@ class Hosts:
     ) -> bool:
         """Answer one request; False to close the connection."""
         now = time.monotonic()
+        gen = self.generation
         spec = state.spec
         line = head.split(b"\r\n", 1)[0].split()
         row, pick = -1, -1
@@ -290,11 +297,11 @@ class Hosts:
             await asyncio.sleep(300)  # a dead machine answers nothing
             return False
         if not 0 <= pick < len(self.pool):
-            self.log.append((now, spec.index, 404, 0, row, machine))
+            self.record(gen, (now, spec.index, 404, 0, row, machine))
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             return True
         if not state.admit(now):
-            self.log.append((now, spec.index, spec.throttle_status, 0, row, machine))
+            self.record(gen, (now, spec.index, spec.throttle_status, 0, row, machine))
             reason = b"Too Many Requests" if spec.throttle_status == 429 else b"Unavailable"
             extra = b"" if spec.retry_after is None else b"Retry-After: %d\r\n" % spec.retry_after
             writer.write(
@@ -309,11 +316,11 @@ class Hosts:
             await asyncio.sleep(spec.ttfb * (1 + over))
             if spec.kind == "flaky" and state.rng.random() < spec.flaky_share:
                 if spec.flaky_mode == "reset":
-                    self.log.append((now, spec.index, -1, 0, row, machine))
+                    self.record(gen, (now, spec.index, -1, 0, row, machine))
                     writer.transport.abort()
                     return False
                 code = int(spec.flaky_mode)
-                self.log.append((now, spec.index, FLAKY + code, 0, row, machine))
+                self.record(gen, (now, spec.index, FLAKY + code, 0, row, machine))
                 writer.write(b"HTTP/1.1 %d Error\r\nContent-Length: 0\r\n\r\n" % code)
                 return True
             if state.dead:
@@ -325,13 +332,16 @@ class Hosts:
                 % len(body)
             )
             await self.send(state, writer, memoryview(body))
-            self.log.append((now, spec.index, 200, len(body), row, machine))
+            self.record(gen, (now, spec.index, 200, len(body), row, machine))
+            if gen != self.generation:  # a request of an earlier run: counts for nothing now
+                return False
             state.served += 1
             if spec.kind == "dying" and state.served >= spec.urls // 2 and not state.dead:
                 await self.die(state)
             return True
         finally:
-            state.inflight -= 1
+            if gen == self.generation:
+                state.inflight -= 1
 
     async def send(self, state: HostState, writer: asyncio.StreamWriter, body: memoryview) -> None:
         bandwidth = state.spec.bandwidth

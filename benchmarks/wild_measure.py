@@ -145,7 +145,7 @@ def measure(
     machine_bytes: Counter[int] = Counter()
     profile: Counter[int] = Counter()  # bytes served per 10 s from the run's start
     for when, host, code, nbytes, row, machine in log["log"]:
-        if code in (-2, -3):  # the dying host's death, the comeback host's return
+        if code in (-2, -3) or when < started - 1:  # a death, a return; before the tool
             continue
         machine_bytes[int(machine)] += nbytes
         profile[int((when - started) // WINDOW)] += nbytes

@@ -115,14 +115,16 @@ def sweep_stale() -> list[str]:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP end the run through SystemExit, so every `finally` runs (Ctrl-C's
-    KeyboardInterrupt already does)."""
+    """SIGTERM and SIGHUP end the run through SystemExit and SIGINT through KeyboardInterrupt,
+    so every `finally` runs."""
 
     def stop(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
+    # a shell's `cmd &` starts it with SIGINT ignored: Ctrl-C / kill -INT must still clean up
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Bed:
