@@ -199,7 +199,7 @@ class HttpClient:
     async def attempt(self, url: URL) -> FetchResult:
         """One request and its redirects; a FetchFailure says why it gave no image body."""
         call = _Call(asyncio.get_running_loop(), self.config.timeout)
-        chain = CURRENT_HOPS.set(Hops(self.addresses, url) if self.addresses else None)
+        chain = CURRENT_HOPS.set(None if self.addresses is None else Hops(self.addresses, url))
         try:
             try:
                 async with timeout_at(call.deadline) as call.timer:
