@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowdc.config.groups import OPTION_GROUPS
 from flowdc.config.loading import build_config, read_config_file
-from flowdc.config.options import DownloadConfig
+from flowdc.config.options import UNVERIFIED_TLS_WARNING, DownloadConfig
 from flowdc.core.errors import FlowDCError, ImageRejected
 from flowdc.core.images import inspect_image
 from flowdc.core.status import SUCCESS
@@ -217,6 +218,8 @@ def fetch_many(urls: Iterable[str], **options: Any) -> list[Fetched]:
     config = _fetch_config(options)
     if not url_list:
         return []
+    if not config.verify_tls:
+        print(UNVERIFIED_TLS_WARNING, file=sys.stderr)
     return run_sync(_fetch_all(url_list, config))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.config.options import DownloadConfig
+from flowdc.config.options import UNVERIFIED_TLS_WARNING, DownloadConfig
 from flowdc.core.errors import FlowDCError, Interrupted
 from flowdc.core.layout import (
     ATTRIBUTION_FILE,
@@ -155,6 +155,8 @@ class _ProgressBar:
 
 def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
     """Run or resume the download that `config` describes."""
+    if not config.verify_tls:
+        echo(UNVERIFIED_TLS_WARNING)
     with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
         local_input = stage_input(config.input, config.storage_options, Path(staging))
         table = InputTable(

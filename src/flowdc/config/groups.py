@@ -21,6 +21,8 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "retry_failed",
         "host_failure_threshold",
         "host_cooldown",
+        "verify_tls",
+        "allow_private_redirects",
     ),
     "politeness (per host)": (
         "user_agent",
@@ -46,7 +48,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "dedupe",
     ),
     "licences and attribution": ("license_col", "license_filter"),
-    "machine use": ("processes", "progress"),
+    "machine use": ("processes", "max_memory", "progress"),
     "distributed": (
         "engine",
         "listen",

@@ -33,6 +33,12 @@ PROJECT_URL = "https://github.com/flowdc/flowdc"
 DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader)"
 
 
+UNVERIFIED_TLS_WARNING = (
+    "warning: --no-verify_tls: HTTPS certificates are not checked, so any server on the path "
+    "can pose as an image host"
+)
+
+
 def user_agent_with_contact(contact: str) -> str:
     """The default User-Agent with a contact address, so a host's admin can reach the user."""
     return f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader; contact: {contact})"
@@ -99,6 +105,19 @@ class DownloadConfig(BaseModel):
     )
     max_bytes: int = Field(
         50_000_000, ge=1, description="Largest response body accepted, in bytes."
+    )
+    verify_tls: bool = Field(
+        True,
+        description="Check HTTPS certificates; --no-verify_tls accepts any certificate "
+        "(self-signed, expired, another host's), with a warning, and is recorded in "
+        "overview.json.",
+    )
+    allow_private_redirects: bool = Field(
+        False,
+        description="Follow redirects from a public address to a private one (loopback, "
+        "10/8, 172.16/12, 192.168/16, link-local such as 169.254.169.254, fc00::/7); refused by "
+        "default with status private_redirect. A URL of the list that points at a private "
+        "address may redirect within private space either way.",
     )
     user_agent: str = Field(
         DEFAULT_USER_AGENT,
@@ -239,6 +258,14 @@ class DownloadConfig(BaseModel):
         ge=1,
         le=1024,
         description="Worker processes on the local engine; default: the number of cores.",
+    )
+    max_memory: int | None = Field(
+        None,
+        ge=1,
+        description="Bytes of response bodies each worker process holds at once, from the "
+        "first byte read until the sample is written; more waits (a body over it is fetched "
+        "alone). Default: a quarter of the RAM shared among the cores, 256 MiB to 1 GiB a "
+        "process.",
     )
     progress: bool | None = Field(
         None,

@@ -46,6 +46,7 @@ class FetchFailure(RowFailure):
         timed_out: bool = False,
         unreachable: bool = False,
         unresolved: bool = False,
+        malformed: bool = False,
     ) -> None:
         super().__init__(status, message)
         self.retryable = retryable
@@ -58,6 +59,8 @@ class FetchFailure(RowFailure):
         """No connection or no answer: what the host's circuit breaker counts."""
         self.unresolved = unresolved
         """The host name did not resolve."""
+        self.malformed = malformed
+        """The answer was no valid HTTP: the same server likely answers so again."""
 
 
 class ImageRejected(RowFailure):

@@ -13,3 +13,4 @@ HASH_MISMATCH = "hash_mismatch"  # sha256 differs from the --verify_hash column
 DUPLICATE = "duplicate"  # --dedupe: the same bytes are stored under another key (duplicate_of)
 HOST_UNAVAILABLE = "host_unavailable"  # its host was marked down (fetch/breaker.py); retryable
 LICENSE_FILTERED = "license_filtered"  # its licence is not in --license_filter (or it has none)
+PRIVATE_REDIRECT = "private_redirect"  # a public URL redirected to a private address; final

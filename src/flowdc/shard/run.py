@@ -107,12 +107,16 @@ class _ShardRun:
     async def process(self, row: dict[str, Any], host: str | None, fetched: FetchResult) -> None:
         record = result_record(self.shard, row, host, fetched, self.class_index, self.extra_names)
         if fetched.ok and fetched.data is not None:
-            await self._store(row, fetched.data, record)
+            await self._store(row, fetched, record)
         self.records.append(record)
         if self.on_progress is not None:
             self.on_progress(record["status"] == SUCCESS, record["bytes"] or 0)
 
-    async def _store(self, row: dict[str, Any], data: bytes, record: dict[str, Any]) -> None:
+    async def _store(
+        self, row: dict[str, Any], fetched: FetchResult, record: dict[str, Any]
+    ) -> None:
+        data = fetched.data
+        assert data is not None
         expected = row.get(self.verify_column) if self.verify_column else None
         try:
             image = await self.processor.process(data, row["key"], expected)
@@ -132,6 +136,8 @@ class _ShardRun:
             original_height=image.original_height,
         )
         meta = sample_meta(record, row, self.extra_names)
+        # the body's memory budget is held until the sample is written, then released
+        memory, fetched.memory = fetched.memory, None
         # one thread writes the shard's samples, in order, and sets record["path"]
         await self.writes.put(
             record,
@@ -141,6 +147,7 @@ class _ShardRun:
             meta,
             row["label"],
             record["class_index"],
+            release=memory.release if memory is not None else None,
         )
 
     def hosts_seen(self) -> HostsSeen:

@@ -112,6 +112,8 @@ class Job:
     attempts: int = 0
     excused: int = 0
     """Throttled attempts not counted against the retry budget (see Fetcher._run_attempt)."""
+    malformed: int = 0
+    """Answers that were no valid HTTP (Fetcher._run_attempt)."""
     fails_alone: bool = False
     """It timed out or lost its connection while its host answered others (Fetcher._learn)."""
     first_sent: float | None = None
