@@ -26,7 +26,7 @@ from flowdc.planning.repeated_urls import hashed
 from flowdc.planning.spill import Partitions
 
 CLASS_RECORD = np.dtype([("cls", "<u4"), ("rank", "<u8"), ("index", "<u8")])
-CHUNK_RECORDS = 1 << 20
+CHUNK_RECORDS = 1 << 18
 CLASS_TOO_SMALL_CODE = 3
 CLASS_CAPPED_CODE = 4
 """The row codes (planned_rows.py) this module writes."""

@@ -77,9 +77,9 @@ class Partitions:
         if not path.exists():
             return
         size = self.dtype.itemsize
+        left = path.stat().st_size // size
         with open(path, "rb") as handle:
-            while True:
-                data = handle.read(records * size)
-                if not data:
-                    return
-                yield np.frombuffer(data, self.dtype)
+            while left:  # a read of more than the file holds allocates it all the same
+                count = min(records, left)
+                yield np.frombuffer(handle.read(count * size), self.dtype)
+                left -= count
