@@ -259,7 +259,7 @@ class RemoteCommitted:
     """Committed shards on object storage, for rows that repeat an earlier shard's URL
     (shard/committed.py). Whether another machine runs a shard cannot be told here."""
 
-    poll_seconds = 5.0
+    poll_seconds = 2.0
     KEEP_TARS = 2
     _tars: ClassVar[OrderedDict[tuple[str, int], Path]] = OrderedDict()
     _lock = threading.Lock()
