@@ -41,9 +41,15 @@ def plan_of(
 
 
 def rank(url: str, seed: int) -> int:
-    """The sample's rank of a URL, computed here the plain way."""
-    key = hashlib.sha256(str(seed).encode()).digest()
-    return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8, key=key).digest(), "little")
+    """The sample's rank of a URL, computed here the plain way: SplitMix64's finalizer of the
+    first 8 bytes of the URL's BLAKE2b digest XOR the seed's."""
+    mask = (1 << 64) - 1
+    digest = int.from_bytes(hashlib.blake2b(url.encode(), digest_size=16).digest()[:8], "little")
+    z = digest ^ int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little")
+    z = (z + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
 
 
 def expected_sampling(

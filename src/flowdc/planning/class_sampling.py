@@ -1,12 +1,13 @@
 """--max_per_class and --min_per_class: which rows of a long-tailed list a run requests.
 
 A class with more than `max_per_class` requested rows keeps the `max_per_class` rows of smallest
-rank, where a row's rank is a keyed BLAKE2b hash of its URL with the seed as key (ties, which
-only rows of one URL share, go by the row's place in the list): the sample is the same for the
-same list and seed, whatever the list's order or shard size. A class with fewer than
-`min_per_class` requested rows is left out whole. "Requested" leaves out the rows a shard would
-not fetch anyway (no label for imagefolder, a licence --license_filter refuses), so a cap of 100
-means 100 rows that will be tried.
+rank. A row's rank is its URL's BLAKE2b digest (the first 8 of the 16 bytes repeated_urls.py
+computes anyway) mixed with the seed by SplitMix64's finalizer, a bijection: another seed,
+another order (ties, which only rows of one URL share, go by the row's place in the list). So
+the sample is the same for the same list and seed, whatever the list's order or shard size. A
+class with fewer than `min_per_class` requested rows is left out whole. "Requested" leaves out
+the rows a shard would not fetch anyway (no label for imagefolder, a licence --license_filter
+refuses), so a cap of 100 means 100 rows that will be tried.
 
 Memory: each requested row's (class, rank, index) is spilled to disk partitioned by class;
 a partition is read in chunks, keeping per class the `max_per_class` smallest ranks seen so far,
@@ -20,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from flowdc.planning.repeated_urls import hashed
 from flowdc.planning.spill import Partitions
 
 CLASS_RECORD = np.dtype([("cls", "<u4"), ("rank", "<u8"), ("index", "<u8")])
@@ -58,16 +57,24 @@ class ClassSampler:
     ) -> None:
         self.max_per_class = max_per_class
         self.min_per_class = min_per_class
-        self.key = hashlib.sha256(str(seed).encode()).digest()  # 32 bytes: a BLAKE2b key
+        self.seed = np.uint64(
+            int.from_bytes(hashlib.sha256(str(seed).encode()).digest()[:8], "little")
+        )
         self.records = Partitions(folder, "classes", CLASS_RECORD)
         self.requested: list[int] = []  # per class id
 
-    def rank(self, urls: pa.Array) -> np.ndarray:
-        """Each URL's rank: 8 bytes of BLAKE2b keyed with the seed."""
-        return hashed(urls, 8, self.key).view("<u8")
+    def rank(self, digests: np.ndarray) -> np.ndarray:
+        """The ranks of URLs of 8-byte digests `digests`: SplitMix64's finalizer of digest XOR
+        seed (64-bit arithmetic wraps, as it should)."""
+        with np.errstate(over="ignore"):
+            z = (digests ^ self.seed) + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            return z ^ (z >> np.uint64(31))
 
-    def add(self, class_ids: list[int], urls: pa.Array, indices: np.ndarray) -> None:
-        """Spill the requested labelled rows `indices`, of classes `class_ids`."""
+    def add(self, class_ids: list[int], digests: np.ndarray, indices: np.ndarray) -> None:
+        """Spill the requested labelled rows `indices`, of classes `class_ids` and URLs of
+        8-byte digests `digests`."""
         if not class_ids:
             return
         grow = max(class_ids) + 1 - len(self.requested)
@@ -77,7 +84,7 @@ class ClassSampler:
             self.requested[class_id] += 1
         records = np.empty(len(class_ids), CLASS_RECORD)
         records["cls"] = class_ids
-        records["rank"] = self.rank(urls) if self.max_per_class is not None else 0
+        records["rank"] = self.rank(digests) if self.max_per_class is not None else 0
         records["index"] = indices
         self.records.add(records, (records["cls"] % self.records.count).astype(np.intp))
 

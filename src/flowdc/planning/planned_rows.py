@@ -31,7 +31,7 @@ from flowdc.planning.class_sampling import (
     SamplingOutcome,
 )
 from flowdc.planning.license_columns import row_filter
-from flowdc.planning.repeated_urls import RepeatFinder, RepeatPairs
+from flowdc.planning.repeated_urls import RepeatFinder, RepeatPairs, url_digests
 
 REQUESTED, UNLABELED, REFUSED_LICENCE = 0, 1, 2
 SPILL_SLICE = 16_384
@@ -119,13 +119,15 @@ class RowPlanner:
         everyone = bool(requested.all())
         picked = np.arange(len(urls)) if everyone else np.flatnonzero(requested)
         indices = picked.astype(np.uint64) + first
-        self.repeats.add(urls if everyone else urls.take(picked), indices)
+        digests = url_digests(urls if everyone else urls.take(picked))
+        self.repeats.add(digests, indices)
         if self.sampler is not None and labels is not None:
-            labelled = [i for i in picked.tolist() if labels[i] is not None]
+            positions = picked.tolist()
+            labelled = [n for n, i in enumerate(positions) if labels[i] is not None]
             self.sampler.add(
-                [self.class_ids[labels[i]] for i in labelled],  # type: ignore[index]
-                urls.take(pa.array(labelled, pa.int64())),
-                np.array(labelled, np.uint64) + first,
+                [self.class_ids[labels[positions[n]]] for n in labelled],  # type: ignore[index]
+                digests[labelled, 0],
+                indices[labelled],
             )
 
     def finish(self, shard_size: int) -> RowChoices:

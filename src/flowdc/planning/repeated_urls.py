@@ -31,33 +31,28 @@ BUCKET_ROWS = 1 << 20
 """Rows of the plan per bucket of pairs (rounded to whole shards): at most 16 MB of pairs."""
 
 
-def hashed(urls: pa.Array, size: int, key: bytes = b"") -> np.ndarray:
-    """`size`-byte BLAKE2b digests (keyed with `key`) of a string array without nulls, as bytes
-    in one array. Hashed from the array's buffers, a slice at a time: the batch's URLs as
-    Python strings, or its digests as Python bytes, took more memory than the rest of planning."""
-    count = len(urls)
-    out = np.empty(count * size, np.uint8)
-    if count == 0:
-        return out
-    offsets = np.frombuffer(urls.buffers()[1], np.int32)[urls.offset : urls.offset + count + 1]
-    data = urls.buffers()[2]
-    view = memoryview(data) if data is not None else memoryview(b"")
-    blake2b = hashlib.blake2b
-    for start in range(0, count, HASH_SLICE):
-        bounds = offsets[start : start + HASH_SLICE + 1].tolist()
-        joined = b"".join(
-            [
-                blake2b(view[low:high], digest_size=size, key=key).digest()
-                for low, high in itertools.pairwise(bounds)
-            ]
-        )
-        out[start * size : start * size + len(joined)] = np.frombuffer(joined, np.uint8)
-    return out
-
-
 def url_digests(urls: pa.Array) -> np.ndarray:
-    """16-byte BLAKE2b digests of the URLs (UTF-8), as (n, 2) unsigned 64-bit words."""
-    return hashed(urls, 16).view("<u8").reshape(-1, 2)
+    """16-byte BLAKE2b digests of the URLs (UTF-8) of a string array without nulls, as (n, 2)
+    unsigned 64-bit words. Hashed from the array's buffers, a slice at a time: the batch's URLs
+    as Python strings, or its digests as Python bytes, took more memory than the rest of
+    planning."""
+    count = len(urls)
+    out = np.empty(count * 16, np.uint8)
+    if count:
+        offsets = np.frombuffer(urls.buffers()[1], np.int32)[urls.offset : urls.offset + count + 1]
+        data = urls.buffers()[2]
+        view = memoryview(data) if data is not None else memoryview(b"")
+        blake2b = hashlib.blake2b
+        for start in range(0, count, HASH_SLICE):
+            bounds = offsets[start : start + HASH_SLICE + 1].tolist()
+            joined = b"".join(
+                [
+                    blake2b(view[low:high], digest_size=16).digest()
+                    for low, high in itertools.pairwise(bounds)
+                ]
+            )
+            out[start * 16 : start * 16 + len(joined)] = np.frombuffer(joined, np.uint8)
+    return out.view("<u8").reshape(-1, 2)
 
 
 class RepeatFinder:
@@ -67,12 +62,11 @@ class RepeatFinder:
         self.folder = folder
         self.digests = Partitions(folder, "urls", URL_RECORD)
 
-    def add(self, urls: pa.Array, indices: np.ndarray) -> None:
-        """Spill the digests of `urls` (no nulls), the URLs of the rows `indices`."""
-        if len(urls) == 0:
+    def add(self, words: np.ndarray, indices: np.ndarray) -> None:
+        """Spill the URL digests `words` (url_digests) of the rows `indices`."""
+        if len(words) == 0:
             return
-        words = url_digests(urls)
-        records = np.empty(len(urls), URL_RECORD)
+        records = np.empty(len(words), URL_RECORD)
         records["hi"], records["lo"], records["index"] = words[:, 0], words[:, 1], indices
         partition = (records["hi"] % self.digests.count).astype(np.intp)
         self.digests.add(records, partition)

@@ -173,9 +173,9 @@ class LocalCommitted:
     def alive(self, shard: int) -> bool | None:
         if (str(self.output), shard) in _running:
             return True  # never open its files here: closing one drops this process's locks
-        journal = journal_path(self.output, shard)
-        if journal.exists() and in_use(journal):
-            return True
+        if self.output_format == "imagefolder":  # its root holds a folder per label: not listed
+            journal = journal_path(self.output, shard)
+            return journal.exists() and in_use(journal)
         prefixes = shard_temp_prefixes(shard)
         try:
             with os.scandir(self.output) as entries:
