@@ -48,6 +48,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "dedupe",
     ),
     "licences and attribution": ("license_col", "license_filter"),
+    "rows per class": ("max_per_class", "min_per_class", "seed"),
     "machine use": ("processes", "max_memory", "progress"),
     "distributed": (
         "engine",

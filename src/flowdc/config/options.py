@@ -252,6 +252,23 @@ class DownloadConfig(BaseModel):
         "status duplicate and duplicate_of naming the stored key.",
     )
 
+    # rows per class
+    max_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Request at most this many rows of each label (a seeded sample, the same "
+        "for the same list and --seed); the others get status class_capped.",
+    )
+    min_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Leave out labels with fewer rows than this (status class_too_small); they "
+        "get no class index and no folder.",
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the --max_per_class sample: another seed, other rows."
+    )
+
     # machine use
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -478,6 +495,19 @@ class DownloadConfig(BaseModel):
                 parse_listen(self.listen)
             except FlowDCError as exc:
                 raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _class_options(self) -> DownloadConfig:
+        if (self.max_per_class or self.min_per_class) and self.label is None:
+            raise ValueError(
+                "--max_per_class and --min_per_class count rows per label; give --label COLUMN"
+            )
+        if self.max_per_class and self.min_per_class and self.min_per_class > self.max_per_class:
+            raise ValueError(
+                f"min_per_class {self.min_per_class} is above max_per_class "
+                f"{self.max_per_class}: no class could be kept; lower the one or raise the other"
+            )
         return self
 
     @model_validator(mode="after")

@@ -1,5 +1,9 @@
 """overview.json: what a run made, computed from the results tables (so any engine, any resume,
-gives the same numbers). FLOW-DC's original field names are kept; more are added."""
+gives the same numbers). FLOW-DC's original field names are kept; more are added.
+
+Rows that repeat an earlier row's URL were not requested (`same_url_as` in their results):
+`requests_saved_by_repeated_urls` counts them. `class_sampling` is the plan's record of
+--max_per_class / --min_per_class: the class distribution before and after."""
 
 from __future__ import annotations
 
@@ -177,11 +181,16 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
     total_bytes = 0
     retries = 0
     committed = 0
+    saved = 0
     for shard in range(plan.shard_count):
         if not is_committed(output, shard):
             continue
         committed += 1
-        table = pq.read_table(results_path(output, shard), columns=_COLUMNS)
+        path = results_path(output, shard)
+        repeats = "same_url_as" in pq.read_schema(path).names
+        table = pq.read_table(path, columns=_COLUMNS + (["same_url_as"] if repeats else []))
+        if repeats:
+            saved += len(table) - table.column("same_url_as").null_count
         statuses.update(table.column("status").to_pylist())
         http_statuses.update(
             str(code) for code in table.column("http_status").to_pylist() if code is not None
@@ -217,11 +226,13 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             "average_speed_mb_per_s": round(data_mb / seconds, 3) if seconds else 0.0,
             "images_per_second": round(successful / seconds, 2) if seconds else 0.0,
             "retries": retries,
+            "requests_saved_by_repeated_urls": saved,
         },
         "error_breakdown": {k: v for k, v in statuses.most_common() if k != SUCCESS},
         "error_messages": dict(error_messages.most_common(50)),
         "http_status_counts": dict(sorted(http_statuses.items())),
         "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
+        "class_sampling": plan.class_sampling,
         "per_host": dict(list(per_host.items())[:MAX_LISTED_HOSTS]),
         "per_host_others": _other_hosts(list(per_host.values())[MAX_LISTED_HOSTS:]),
         "hosts_down": _hosts_down(per_host),
@@ -239,6 +250,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             "label_column": plan.label_column,
             "extra_columns": list(plan.extra_columns.values()),
             "unlabeled_rows": plan.unlabeled_rows,
+            "repeated_url_rows": plan.repeated_url_rows,
         },
         # an output on object storage is built in a local staging folder: name the real one
         "output": {

@@ -29,7 +29,7 @@ from flowdc.core.layout import (
     parquet_shard_path,
     tar_path,
 )
-from flowdc.core.status import SUCCESS
+from flowdc.core.status import CLASS_CAPPED, CLASS_TOO_SMALL, SUCCESS
 from flowdc.metadata import svg
 from flowdc.metadata.overview import build_overview
 from flowdc.metadata.tables import read_results, read_stats
@@ -346,11 +346,48 @@ def _splits(output: Path, stored: int) -> str:
     )
 
 
+def _class_sampling(sampling: dict[str, Any] | None) -> str:
+    """The class distribution before and after --max_per_class / --min_per_class."""
+    if not sampling:
+        return ""
+    before, after = sampling["before"], sampling["after"]
+    options = ", ".join(
+        f"--{name} {sampling[name]}"
+        for name in ("max_per_class", "min_per_class", "seed")
+        if sampling.get(name) is not None
+    )
+    return (
+        f"<h3>Rows per class, before and after {escape(options)}</h3><p>"
+        f"{sampling['class_capped_rows']:,} rows left out of their class's sample "
+        f"(<code>class_capped</code>), {sampling['class_too_small_rows']:,} rows of "
+        f"{sampling['classes_too_small']:,} classes too small (<code>class_too_small</code>); "
+        "never requested.</p>"
+        + _table(
+            ["", "classes", "rows", "smallest class", "median class", "largest class"],
+            [
+                [when, s["classes"], s["rows"], s["smallest"], f"{s['median']:g}", s["largest"]]
+                for when, s in (("in the list", before), ("requested", after))
+            ],
+        )
+    )
+
+
 def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, str]:
-    rate = summary["success_rate_percent"]
+    """Success over the rows the run requested: rows the class sampling left out are no
+    failure of the run."""
     shards = overview["shards"]
     unfinished = shards["total"] - shards["committed"]
+    breakdown = overview.get("error_breakdown") or {}
+    left_out = breakdown.get(CLASS_CAPPED, 0) + breakdown.get(CLASS_TOO_SMALL, 0)
+    rate = summary["success_rate_percent"]
     text = f"{summary['successful']:,} of {summary['total']:,} images downloaded ({rate}%)"
+    if left_out:
+        tried = summary["processed"] - left_out
+        rate = round(100.0 * summary["successful"] / tried, 2) if tried else 0.0
+        text = (
+            f"{summary['successful']:,} of {tried:,} requested images downloaded ({rate}%); "
+            f"{left_out:,} rows left out by the class sampling"
+        )
     if unfinished:
         return "poor", f"{text}; {unfinished} shard(s) not finished: run the same command again"
     if rate >= 90:
@@ -401,6 +438,10 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         _figure("average MB/s", f"{summary['average_speed_mb_per_s']}"),
         _figure("images/s", f"{summary['images_per_second']}"),
         _figure("retries", f"{summary['retries']:,}"),
+        _figure(
+            "requests saved (repeated URLs)",
+            f"{summary.get('requests_saved_by_repeated_urls', 0):,}",
+        ),
         "</div>",
     )
     labels, good, bad, mb_per_s, width = _time_bins(table, stats)
@@ -474,6 +515,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         + (", the 40 largest shown" if len(classes) > 40 else "")
         + ".</p>",
         svg.bar_list(top, "ok") if top else '<p class="empty">no labels</p>',
+        _class_sampling(overview.get("class_sampling")),
     )
     section("licenses", _licenses(overview.get("licenses")))
     ok = table.filter(pc.equal(table.column("status"), SUCCESS))

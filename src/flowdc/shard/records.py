@@ -106,6 +106,7 @@ def result_record(
         "original_width": None,
         "original_height": None,
         "duplicate_of": None,
+        "same_url_as": None,
     }
     for name in extra_names:
         record[name] = row.get(name)
