@@ -20,6 +20,7 @@ from flowdc.config.options import DownloadConfig
 from flowdc.core.layout import ATTRIBUTION_FILE, results_path, temp_name
 from flowdc.core.licenses import canonical, display_name, split_filter
 from flowdc.core.status import SUCCESS
+from flowdc.metadata.spreadsheet import safe_row
 from flowdc.metadata.tables import committed_shards
 from flowdc.planning.license_columns import plan_license_column
 from flowdc.planning.plan import Plan
@@ -98,6 +99,7 @@ def write_attribution(plan: Plan, config: DownloadConfig) -> Path | None:
     """attribution.csv at the output's root: one line per stored image, in key order.
 
     Written when the input has a licence column; streamed shard by shard (temp name, rename).
+    Text from the input that a spreadsheet would run as a formula is quoted (spreadsheet.py).
     """
     license_col = plan_license_column(plan.extra_columns, config)
     if license_col is None:
@@ -119,15 +121,20 @@ def write_attribution(plan: Plan, config: DownloadConfig) -> Path | None:
             for row in table.to_pylist():
                 licence = canonical(row.get(license_col))
                 writer.writerow(
-                    [
-                        row["key"],
-                        row["path"],
-                        row["url"],
-                        licence,
-                        display_name(licence),
-                        *(row.get(picked[field]) if picked[field] else None for field in _SOURCES),
-                        _source_record(row, columns),
-                    ]
+                    safe_row(
+                        [
+                            row["key"],
+                            row["path"],
+                            row["url"],
+                            licence,
+                            display_name(licence),
+                            *(
+                                row.get(picked[field]) if picked[field] else None
+                                for field in _SOURCES
+                            ),
+                            _source_record(row, columns),
+                        ]
+                    )
                 )
     temporary.replace(target)
     return target
