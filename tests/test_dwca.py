@@ -534,6 +534,7 @@ def test_attribution_cells_never_start_a_formula(server: ImageServer, tmp_path: 
                 "creator": FORMULAS,
                 "rightsHolder": FORMULAS[::-1],
                 "title": [f"{value} title" for value in FORMULAS],
+                "gbifID": pa.array(range(100, 100 + count), pa.int64()),  # a number, not text
             }
         ),
         tmp_path / "urls.parquet",
@@ -550,6 +551,9 @@ def test_attribution_cells_never_start_a_formula(server: ImageServer, tmp_path: 
     lines = _attribution(output)
     assert sorted(line["creator"] for line in lines) == sorted("'" + v for v in FORMULAS)
     assert sorted(line["title"] for line in lines) == sorted(f"'{v} title" for v in FORMULAS)
+    assert sorted(line["source_record"] for line in lines) == [
+        f"https://www.gbif.org/occurrence/{100 + i}" for i in range(count)
+    ]
     report = (output / "report.html").read_text(encoding="utf-8")
     assert "<img src=x" not in report and "&lt;img src=x" in report
     assert _libreoffice_formulas(output / "attribution.csv", tmp_path) == []

@@ -9,18 +9,14 @@ spreadsheet shows as text and which a reader can still recognise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import pyarrow as pa
+import pyarrow.compute as pc
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def safe_cell(value: Any) -> Any:
-    """`value`, with a single quote in front when it is text a spreadsheet would evaluate."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+FORMULA_START = r"^[=+\-@\t\r]"
+"""A cell that starts with one of these characters is a formula to a spreadsheet."""
 
 
-def safe_row(values: Iterable[Any]) -> list[Any]:
-    return [safe_cell(value) for value in values]
+def safe_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A text column whose cells that start like a formula have a single quote in front."""
+    formula = pc.match_substring_regex(column, FORMULA_START)
+    return pc.if_else(formula, pc.binary_join_element_wise("'", column, ""), column)
