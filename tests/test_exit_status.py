@@ -62,7 +62,8 @@ def test_a_run_below_min_success_rate_exits_4(server: ImageServer, tmp_path: Pat
     done = _download(table, tmp_path / "out", "--min_success_rate", "0.75")
     assert done.returncode == 4, done.stderr
     assert _last_line(done) == (
-        "flowdc: 70.0% of the rows gave an image, below --min_success_rate 0.75 (exit status 4)"
+        "flowdc: 70.0% of the requested rows gave an image, below --min_success_rate 0.75 "
+        "(exit status 4)"
     )
     again = _download(table, tmp_path / "out", "--min-success-rate", "0.7")  # resumed: finished
     assert again.returncode == 0, again.stderr
@@ -89,3 +90,16 @@ def test_a_failed_shard_exits_1(server: ImageServer, tmp_path: Path) -> None:
     done = _download(table, output, "--shard_size", "2")
     assert done.returncode == 1, done.stderr
     assert "shard 1 failed" in done.stderr and _last_line(done).startswith("run the same command")
+
+
+def test_rows_left_out_by_class_sampling_do_not_count_against_min_success_rate(
+    server: ImageServer, tmp_path: Path
+) -> None:
+    """--max_per_class leaves rows out on purpose (never requested): the rate is over the
+    rows the run requested."""
+    urls = [server.url(f"img/{i}.jpg") for i in range(8)]
+    pq.write_table(pa.table({"url": urls, "label": ["a", "b"] * 4}), tmp_path / "urls.parquet")
+    done = _download(tmp_path / "urls.parquet", tmp_path / "out", "--label", "label",
+                     "--max_per_class", "2", "--min_success_rate", "0.9")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "4 of 8 images downloaded" in done.stdout and "class_capped 4" in done.stdout

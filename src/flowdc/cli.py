@@ -15,6 +15,7 @@ from flowdc.config.groups import OPTION_GROUPS
 from flowdc.config.loading import build_config, read_config_file
 from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import FlowDCError
+from flowdc.core.status import CLASS_CAPPED, CLASS_TOO_SMALL
 from flowdc.core.version import __version__
 
 # The exit statuses of `flowdc download`, for a pipeline to act on (also in its --help epilog).
@@ -211,11 +212,17 @@ def _exit_status(summary: Any, config: DownloadConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_NOTHING_DOWNLOADED
+    # rows the class sampling left out were never requested: no failure of the run
+    breakdown = summary.overview.get("error_breakdown") or {}
+    requested = overview["processed"] - sum(
+        breakdown.get(s, 0) for s in (CLASS_CAPPED, CLASS_TOO_SMALL)
+    )
     wanted = config.min_success_rate
-    if wanted is not None and overview["successful"] < wanted * overview["processed"]:
+    if wanted is not None and overview["successful"] < wanted * requested:
         print(
-            f"flowdc: {overview['success_rate_percent']}% of the rows gave an image, below "
-            f"--min_success_rate {wanted} (exit status {EXIT_BELOW_MIN_SUCCESS_RATE})",
+            f"flowdc: {100 * overview['successful'] / requested:.1f}% of the requested rows gave "
+            f"an image, below --min_success_rate {wanted} "
+            f"(exit status {EXIT_BELOW_MIN_SUCCESS_RATE})",
             file=sys.stderr,
         )
         return EXIT_BELOW_MIN_SUCCESS_RATE

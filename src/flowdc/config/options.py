@@ -293,7 +293,7 @@ class DownloadConfig(BaseModel):
         None,
         ge=0,
         le=1,
-        description="Lowest share of the processed rows (0 to 1) that must give an image: a "
+        description="Lowest share of the requested rows (0 to 1) that must give an image: a "
         "finished run below it makes `flowdc download` exit with status 4, for a pipeline to "
         "stop on. The Python API's result has the numbers.",
     )
