@@ -424,6 +424,23 @@ def test_validate_names_a_deleted_tar_and_a_stray_file(
     assert f"{stray.parent.name}/9999999.jpg: not a committed sample" in done.stdout
 
 
+def test_validate_names_a_key_of_another_shard_and_a_repeated_key(
+    outputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Keys are checked against the plan one shard at a time (no table of every key seen)."""
+    output = _copy(outputs, "webdataset-basic_croissant", tmp_path)
+    table = pq.read_table(output / "00001.parquet")
+    keys = table.column("key").to_pylist()
+    foreign, repeated = f"00000{keys[0][5:]}", keys[1]
+    keys[0], keys[2] = foreign, repeated
+    table = table.set_column(table.schema.get_field_index("key"), "key", pa.array(keys))
+    pq.write_table(table, output / "00001.parquet")
+    done = run_cli("validate", str(output))
+    assert done.returncode == 1, done.stdout
+    assert f"00001.parquet: key {foreign} is not a key of shard 1" in done.stdout
+    assert f"00001.parquet: key {repeated} is there twice" in done.stdout
+
+
 def test_validate_rejects_a_folder_that_is_no_output(tmp_path: Path) -> None:
     done = run_cli("validate", str(tmp_path))
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -460,6 +477,49 @@ def test_flowdc_report_rewrites_the_page(outputs: dict[str, Path], tmp_path: Pat
     done = run_cli("report", str(output))
     assert done.returncode == 0, done.stderr
     assert (output / "report.html").read_text(encoding="utf-8").count("<section") == len(SECTIONS)
+
+
+def _time_bins_of(rows: list[dict[str, Any]]) -> tuple[list[int], list[int], list[float]]:
+    """The report's time bins computed from all rows at once, as report.py did before it read
+    one shard at a time."""
+    times = [row["fetched_at"].timestamp() for row in rows]
+    start, span = min(times), max(max(times) - min(times), 1e-3)
+    bins = min(40, max(1, len(times) // 4))
+    good, bad, megabytes = [0] * bins, [0] * bins, [0.0] * bins
+    for when, row in zip(times, rows, strict=True):
+        index = min(int((when - start) / span * bins), bins - 1)
+        if row["status"] == "success":
+            good[index] += 1
+            megabytes[index] += (row["bytes"] or 0) / 1e6
+        else:
+            bad[index] += 1
+    return good, bad, megabytes
+
+
+@pytest.mark.parametrize("combo", ["webdataset-basic_croissant", "imagefolder-basic_croissant"])
+def test_report_figures_read_shard_by_shard_equal_those_of_the_whole_table(
+    outputs: dict[str, Path], combo: str
+) -> None:
+    from flowdc.metadata.report_figures import gather
+    from flowdc.metadata.tables import read_stats
+    from flowdc.planning.plan import Plan
+
+    plan = Plan.load(outputs[combo])
+    assert plan is not None and plan.shard_count >= 3
+    figures = gather(plan, read_stats(plan))
+    rows = _results(outputs[combo])
+    good, bad, megabytes = _time_bins_of(rows)
+    assert (figures.time.good, figures.time.bad) == (good, bad)
+    assert figures.time.mb_per_s == pytest.approx([mb / figures.time.width for mb in megabytes])
+    stored = [row for row in rows if row["status"] == "success"]
+    assert figures.stored == Counter(row["shard"] for row in stored)
+    for (counts, edges), name in ((figures.widths, "width"), (figures.heights, "height")):
+        values = sorted(row[name] for row in stored if row[name])
+        low, high = values[0], values[min(len(values) - 1, int(len(values) * 0.99))]
+        assert sum(counts) == len(values) and edges[0] == low
+        assert edges[-1] == pytest.approx(high if high > low else low + 1)
+    sizes = sorted(row["bytes"] / 1024 for row in stored)
+    assert sum(figures.sizes[0]) == len(sizes) and figures.sizes[1][0] == sizes[0]
 
 
 def _chromium(page: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -50,6 +50,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "licences and attribution": ("license_col", "license_filter"),
     "rows per class": ("max_per_class", "min_per_class", "seed"),
     "machine use": ("processes", "max_memory", "progress"),
+    "exit status": ("min_success_rate",),
     "distributed": (
         "engine",
         "listen",

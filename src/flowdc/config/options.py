@@ -289,6 +289,14 @@ class DownloadConfig(BaseModel):
         description="Show a progress bar; default: when stderr is a terminal, and in Jupyter "
         "(otherwise a line every 30 s).",
     )
+    min_success_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Lowest share of the requested rows (0 to 1) that must give an image: a "
+        "finished run below it makes `flowdc download` exit with status 4, for a pipeline to "
+        "stop on. The Python API's result has the numbers.",
+    )
 
     # distributed runs (docs/distributed.md)
     engine: Engine = Field(

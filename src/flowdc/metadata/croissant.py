@@ -34,7 +34,7 @@ from flowdc.metadata.croissant_records import (
     distribution,
     record_sets,
 )
-from flowdc.metadata.tables import committed_shards, read_results
+from flowdc.metadata.tables import committed_shards, shard_tables
 from flowdc.planning.plan import Plan
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
@@ -173,14 +173,27 @@ def _responsible_ai(
 
 
 def _timeframe(overview: dict[str, Any], plan: Plan) -> list[str]:
-    table = read_results(plan, ["fetched_at"])
-    if table is not None and "fetched_at" in table.column_names and table.num_rows:
-        low, high = pc.min_max(table.column("fetched_at")).values()
-        if low.is_valid and high.is_valid:
-            return [low.as_py().isoformat(), high.as_py().isoformat()]
+    low = high = None
+    for _, table in shard_tables(plan, ["fetched_at"]):
+        if "fetched_at" in table.column_names and table.num_rows:
+            first, last = (v.as_py() for v in pc.min_max(table.column("fetched_at")).values())
+            if first is not None:
+                low = first if low is None else min(low, first)
+                high = last if high is None else max(high, last)
+    if low is not None and high is not None:
+        return [low.isoformat(), high.isoformat()]
     starts = [_iso(run.get("started_at")) for run in overview.get("runs", [])]
     starts = [start for start in starts if start]
     return [min(starts), max(starts)] if starts else []
+
+
+def _stored_formats(plan: Plan) -> list[str]:
+    """The file extensions of the stored images, read shard by shard."""
+    found: set[str] = set()
+    for _, table in shard_tables(plan, ["status", "format"]):
+        stored = table.filter(pc.equal(table.column("status"), SUCCESS)).column("format")
+        found.update(ext for ext in pc.unique(stored).to_pylist() if ext)
+    return sorted(found)
 
 
 def build_croissant(
@@ -188,12 +201,7 @@ def build_croissant(
 ) -> dict[str, Any]:
     """The Croissant document for the committed part of `plan`'s output."""
     output = Path(plan.output)
-    table = read_results(plan, ["status", "format"])
-    extensions: list[str] = []
-    if table is not None:
-        formats = table.filter(pc.equal(table.column("status"), SUCCESS)).column("format")
-        extensions = sorted({ext for ext in formats.to_pylist() if ext})
-    extensions = extensions or ["jpg"]  # no image yet: a FileSet still needs a pattern
+    extensions = _stored_formats(plan) or ["jpg"]  # no image yet: a FileSet still needs one
     schema = _results_schema(plan)
     name = config.dataset_name or output.resolve().name
     url = config.dataset_url or output.resolve().as_uri()

@@ -16,16 +16,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import OVERVIEW_FILE, RUNS_FILE, is_committed, is_remote, results_path
+from flowdc.core.layout import OVERVIEW_FILE, RUNS_FILE, is_remote
 from flowdc.core.results import HOST_COUNTS
 from flowdc.core.status import HOST_UNAVAILABLE, SUCCESS
 from flowdc.core.version import __version__
 from flowdc.metadata.attribution import license_summary
-from flowdc.metadata.tables import read_stats
+from flowdc.metadata.tables import read_stats, shard_tables, value_counts
 from flowdc.planning.plan import Plan
 
 MAX_LISTED_HOSTS = 1000
@@ -102,10 +101,10 @@ def _add_hosts(hosts: dict[str, dict[str, Any]], table: pa.Table) -> None:
         entry["retries"] += row["retries_sum"] or 0
         entry["elapsed_seconds_sum"] += row["elapsed_seconds_sum"] or 0.0
     ok = table.filter(pc.equal(table.column("status"), SUCCESS))
-    for host, count in Counter(ok.column("host").to_pylist()).items():
+    for host, count in value_counts(ok.column("host")).items():
         hosts[host if host is not None else "(no host)"]["successes"] += count
     down = table.filter(pc.equal(table.column("status"), HOST_UNAVAILABLE))
-    for host, count in Counter(down.column("host").to_pylist()).items():
+    for host, count in value_counts(down.column("host")).items():
         hosts[host]["unavailable"] += count
 
 
@@ -182,29 +181,26 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
     retries = 0
     committed = 0
     saved = 0
-    for shard in range(plan.shard_count):
-        if not is_committed(output, shard):
-            continue
+    # counted by Arrow, one shard at a time
+    for _, table in shard_tables(plan, [*_COLUMNS, "same_url_as"]):
         committed += 1
-        path = results_path(output, shard)
-        repeats = "same_url_as" in pq.read_schema(path).names
-        table = pq.read_table(path, columns=_COLUMNS + (["same_url_as"] if repeats else []))
-        if repeats:
+        if "same_url_as" in table.column_names:  # outputs of earlier versions lack it
             saved += len(table) - table.column("same_url_as").null_count
-        statuses.update(table.column("status").to_pylist())
-        http_statuses.update(
-            str(code) for code in table.column("http_status").to_pylist() if code is not None
-        )
+        statuses.update(value_counts(table.column("status")))
+        for code, count in value_counts(table.column("http_status")).items():
+            if code is not None:
+                http_statuses[str(code)] += count
         ok = pc.equal(table.column("status"), SUCCESS)
         total_bytes += pc.sum(pc.if_else(ok, table.column("bytes"), 0)).as_py() or 0
         retries += (
             pc.sum(pc.max_element_wise(pc.subtract(table.column("attempts"), 1), 0)).as_py() or 0
         )
         failed = table.filter(pc.invert(ok))
-        error_messages.update(_error_kind(m) for m in failed.column("error").to_pylist())
+        for message, count in value_counts(failed.column("error")).items():
+            error_messages[_error_kind(message)] += count
         if plan.label_column:
-            labels = table.filter(ok).column("label").to_pylist()
-            per_class.update(label for label in labels if label is not None)
+            labels = value_counts(table.filter(ok).column("label"))
+            per_class.update({label: n for label, n in labels.items() if label is not None})
         _add_hosts(hosts, table)
     per_host = _finish_hosts(hosts, read_stats(plan))
     processed = sum(statuses.values())

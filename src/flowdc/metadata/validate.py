@@ -1,11 +1,13 @@
 """`flowdc validate OUTPUT`: check a finished dataset against its own results tables.
 
 Every committed sample must be present exactly once with the sha256 its results row records,
-every tar must read to its end (every Parquet shard too, a row group at a time, its `image`
-column typed as `datasets` reads images and its labels those of the plan), no sample may be
-there that the tables do not list, and
+every results row must hold a key of its own shard, every tar must read to its end (every
+Parquet shard too, a row group at a time, its `image` column typed as `datasets` reads images
+and its labels those of the plan), no sample may be there that the tables do not list, and
 croissant.json (when there is one) must describe the files as they are. Each problem names the
-file it is about.
+file it is about. A WebDataset or Parquet output is checked one shard at a time, in memory that
+does not grow with the output; an ImageFolder output keeps the path and sha256 of every stored
+image until its folders are walked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from flowdc.core.layout import (
     parquet_shard_name,
     parquet_shard_path,
     results_path,
+    shard_name,
     stats_path,
     tar_name,
     tar_path,
@@ -69,6 +72,27 @@ class Verdict:
         if len(self.problems) > MAX_SHOWN:
             lines.append(f"  ... and {len(self.problems) - MAX_SHOWN} more")
         return "\n".join(lines)
+
+
+def _check_keys(table: str, keys: list[str], shard: int, plan: Plan, verdict: Verdict) -> None:
+    """A key is fixed by the plan: the shard's number, then the row's in as many digits as the
+    plan says. So a table that holds only its own shard's keys, each once, shares no key with
+    another shard, and no list of every key seen needs to be kept (it grew with the output)."""
+    prefix = shard_name(shard)
+    rows = plan.shard_rows(shard)
+    seen: set[str] = set()
+    for key in keys:
+        row = key[len(prefix) :]
+        if key in seen:
+            verdict.problems.append(f"{table}: key {key} is there twice")
+        elif not (
+            key.startswith(prefix)
+            and len(row) == plan.key_width
+            and row.isdigit()
+            and int(row) < rows
+        ):
+            verdict.problems.append(f"{table}: key {key} is not a key of shard {shard}")
+        seen.add(key)
 
 
 def _check_tar(path: Path, expected: dict[str, str], verdict: Verdict) -> None:
@@ -247,7 +271,6 @@ def validate_output(output: Path) -> Verdict:
             f"a download"
         )
     verdict = Verdict()
-    keys: dict[str, int] = {}
     folder_files: dict[str, str] = {}  # imagefolder: path -> sha256, over all shards
     for shard in range(plan.shard_count):
         if not is_committed(output, shard):
@@ -272,13 +295,9 @@ def validate_output(output: Path) -> Verdict:
             verdict.problems.append(
                 f"{table_path.name}: {len(rows)} rows, the plan has {plan.shard_rows(shard)}"
             )
+        _check_keys(table_path.name, [row["key"] for row in rows], shard, plan, verdict)
         expected: dict[str, str] = {}
         for row in rows:
-            if row["key"] in keys:
-                verdict.problems.append(
-                    f"{table_path.name}: key {row['key']} is also in shard {keys[row['key']]}"
-                )
-            keys[row["key"]] = shard
             if row["status"] == SUCCESS:  # a resized or converted image has its own hash
                 expected[row["path"]] = row.get("stored_sha256") or row["sha256"]
         if plan.output_format == "webdataset":
