@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from flowdc.core.errors import FlowDCError
@@ -12,6 +13,7 @@ from flowdc.core.layout import (
     PLAN_META,
     PLAN_TABLE,
     SAMPLE_FILE,
+    TASKVINE_DIR,
     TEMP_MARK,
     made_by_flowdc,
 )
@@ -71,6 +73,8 @@ def clear_output(output: Path, input_path: Path) -> list[str]:
             kept += [f"{entry.name}/{name}" for name in _clear_class_folder(entry)]
         elif entry.is_file() and made_by_flowdc(entry.name):
             entry.unlink()
+        elif entry.name == TASKVINE_DIR and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
         else:
             kept.append(entry.name)
     return kept
