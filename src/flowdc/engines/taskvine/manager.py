@@ -225,22 +225,18 @@ def close_session(session: Session, shutdown_workers: bool) -> None:
     manager = session.manager
     try:
         if shutdown_workers:
-            # a running library is a task, and workers_shutdown spares busy workers
+            # workers_shutdown spares a worker with a task, and a library is one until the
+            # worker says it is gone: ask again while workers remain
             manager.remove_library(LIBRARY)
-            _wait(manager, lambda: manager.stats.tasks_running == 0)
-            manager.workers_shutdown(0)
-            _wait(manager, lambda: manager.stats.workers_connected == 0)
+            deadline = time.monotonic() + SHUTDOWN_WAIT
+            while manager.stats.workers_connected and time.monotonic() < deadline:
+                manager.workers_shutdown(0)
+                manager.wait(1)
     finally:
         session.stack.close()
         shutil.rmtree(session.outgoing, ignore_errors=True)
         if session.incoming is not None:
             shutil.rmtree(session.incoming, ignore_errors=True)
-
-
-def _wait(manager: Any, done: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + SHUTDOWN_WAIT
-    while not done() and time.monotonic() < deadline:
-        manager.wait(1)
 
 
 def connected_workers(manager: Any) -> list[dict[str, Any]]:

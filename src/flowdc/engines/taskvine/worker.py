@@ -70,7 +70,8 @@ the worker claim another FLOW-DC version. Never set it elsewhere."""
 TEST_VERSION = "0.0.0-test"
 
 _identity = ""
-"""host:pid of the vine_worker this library runs under (the library's parent), set by warmup."""
+"""host:pid of the vine_worker this library runs under, set by warmup; it names the worker in
+the stats markers of the shards it ran, and the manager distrusts by it."""
 
 
 @dataclass
@@ -91,13 +92,29 @@ def sandbox_plan(plan_json: str, rows: pa.Table, output: str) -> SandboxPlan:
 
 
 def identity() -> str:
-    return _identity or f"{socket.gethostname()}:{os.getppid()}"
+    return _identity or f"{socket.gethostname()}:{_vine_worker_pid()}"
+
+
+def _vine_worker_pid() -> int:
+    """The vine_worker this process descends from (the library runs under a shell it starts);
+    the parent where /proc does not tell."""
+    pid = os.getppid()
+    for _ in range(8):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            break
+        if stat[stat.index(b"(") + 1 : stat.rindex(b")")] == b"vine_worker":
+            return pid
+        pid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    return os.getppid()
 
 
 def warmup() -> None:
     """Run once in the library's process before any call: every call is a fork of it."""
     global _identity
-    _identity = f"{socket.gethostname()}:{os.getppid()}"
+    _identity = f"{socket.gethostname()}:{_vine_worker_pid()}"
     install_event_loop_policy()
     with tempfile.TemporaryDirectory(prefix="flowdc-warmup-") as folder:
         _dummy_shard(Path(folder))
