@@ -502,6 +502,9 @@ def test_spoiled_shards_are_rejected_and_run_again_elsewhere(
     rejected = _overview(output)["shards"]["rejected"]  # type: ignore[index]
     assert rejected == log.count(" rejected: ") >= 3
     assert {marker["worker"] for marker in _markers(output)} == {workers.started[-1].name}
+    for spoiler in workers.started[:3]:  # distrusted, each left when next offered a shard
+        assert spoiler.process.wait(timeout=30) == 3
+        assert "this worker leaves" in (spoiler.folder / "worker.log").read_text()
 
 
 def test_workers_of_another_version_are_told_and_given_nothing(
@@ -526,7 +529,9 @@ def test_workers_of_another_version_are_told_and_given_nothing(
                 env={k: v for k, v in os.environ.items() if not k.startswith("TCP_")},
             )
         try:
-            workers.start(manager.port, "liar", env={"FLOWDC_TASKVINE_TEST_FAULT": "version"})
+            liar = workers.start(
+                manager.port, "liar", env={"FLOWDC_TASKVINE_TEST_FAULT": "version"}
+            )
             _until(lambda: "runs FLOW-DC 0.0.9" in manager.text(), "the plain worker's message")
             _until(lambda: "runs FLOW-DC 0.0.0-test" in manager.text(), "the liar's message")
             assert not list(output.glob("*_stats.json"))
@@ -538,6 +543,12 @@ def test_workers_of_another_version_are_told_and_given_nothing(
     assert f"runs FLOW-DC 0.0.9 and this manager FLOW-DC {__version__}" in log
     assert f"runs FLOW-DC 0.0.0-test and this manager FLOW-DC {__version__}" in log
     _check_dataset(output, 40)
+    # told it is distrusted, the worker that claims another version left, and said why
+    assert liar.process.wait(timeout=30) == 3
+    said = (liar.folder / "worker.log").read_text()
+    assert (
+        f"the manager (FLOW-DC {__version__}) refused what this worker (FLOW-DC 0.0.0-test)" in said
+    )
 
 
 # -- shared mode: workers commit into the output themselves --------------------------------------

@@ -7,7 +7,8 @@ this environment's), a workspace of its own, one core per function slot, and nei
 TCP_LOW_PORT nor TCP_HIGH_PORT from the environment (a value left by a TaskVine manager would
 make the worker fail to bind its transfer port). The worker runs in a session of its own; on
 Ctrl-C or SIGTERM that session (the worker, its library, the shards it runs) is ended, and the
-worker exits by itself when this process dies (--parent-death).
+worker exits by itself when this process dies (--parent-death). A worker that the manager
+distrusts leaves (worker.py), and this prints why.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 
 from flowdc.core.version import __version__
 
-STOP_GRACE = 10.0
+STOP_GRACE = 5.0
+NOTE_CHECK = 0.5
 _ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):([0-9]{1,5})")
 
 
@@ -118,21 +120,50 @@ def worker_environment() -> dict[str, str]:
 
 
 def _run(command: list[str]) -> int:
-    process = subprocess.Popen(command, env=worker_environment(), start_new_session=True)
+    """vine_worker until it ends; then why, when the FLOW-DC library made it leave."""
+    from flowdc.engines.taskvine.worker import NOTES_ENV
+
+    handle, notes = tempfile.mkstemp(prefix="flowdc-worker-", suffix=".notes")
+    os.close(handle)
+    env = {**worker_environment(), NOTES_ENV: notes}
+    try:
+        code = _supervise(subprocess.Popen(command, env=env, start_new_session=True), Path(notes))
+        left = Path(notes).read_text(encoding="utf-8").strip()
+    finally:
+        os.unlink(notes)
+    if left:
+        print(f"flowdc worker: {left.splitlines()[-1]}", file=sys.stderr)
+        return 3
+    return code
+
+
+def _supervise(process: subprocess.Popen[bytes], notes: Path) -> int:
+    """Wait for the worker; end it on Ctrl-C or SIGTERM, or when its library leaves a note."""
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        return process.wait()
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return process.wait(NOTE_CHECK)
+            if notes.stat().st_size:
+                _stop(process)
+                return process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(STOP_GRACE)
+        _stop(process)
         return 130
     finally:
         end_session(process.pid)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the worker tells the manager it goes), then SIGKILL of its whole session."""
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(STOP_GRACE)
+    end_session(process.pid)
 
 
 def end_session(session: int) -> None:

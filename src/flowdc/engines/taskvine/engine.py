@@ -10,7 +10,7 @@ Two storage modes. Gathered (the default for a local output): the shard's sample
 table and stats marker come back as output files into the output's `.flowdc-taskvine/incoming`,
 are checked against the plan (storage/verify.py) and committed here (storage/gather.py); a shard
 that fails the check is counted (`shards_rejected` in the run record and overview.json), its
-worker is distrusted for the rest of the run (its calls are refused on the worker side), and the
+worker is distrusted for the rest of the run (told so in its next call, it leaves), and the
 shard runs again, at most MAX_REJECTIONS times. Shared (--shared_output, or s3://): workers
 commit into the output themselves and send back only their answer.
 
@@ -44,8 +44,9 @@ from flowdc.storage.verify import check_returned_shard
 
 TASK_RETRIES = 2
 """More attempts of a shard whose call failed on its worker (a lost worker costs none)."""
-MAX_REJECTIONS = 3
-"""Returned copies of one shard that may fail the checks before it is reported as failed."""
+MAX_REJECTIONS = 5
+"""Returned copies of one shard that may fail the checks before it is reported as failed (each
+came from another worker: one is distrusted, and leaves, after its first)."""
 REFUSED_DELAY = 1.0
 """Seconds before a shard a worker refused (another version, distrusted) is offered again."""
 MAX_REPLY_BYTES = 1 << 20

@@ -20,7 +20,9 @@ own, where the manager put the plan (`plan.json`, sent once per worker) and the 
 a FunctionCall's return value would reach it pickled, and it unpickles nothing a worker sends),
 and it leaves every output the manager declared, empty when the shard failed (a missing output
 would end the call as "output missing" and lose the answer). A call for another FLOW-DC version
-is refused with both versions named. While the shard runs, `progress.txt` gains a line of
+is refused with both versions named; a worker the manager distrusts (it sent back a shard that
+failed the checks, or runs another version) is told so in its next call and leaves, saying why
+(`flowdc worker` prints it). While the shard runs, `progress.txt` gains a line of
 running totals every second; the manager watches it (TaskVine sends a watched file's new bytes
 every few seconds).
 """
@@ -33,6 +35,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tarfile
@@ -62,6 +65,8 @@ TAR_FILE = "shard.tar"
 RESULTS_FILE = "shard.parquet"
 STATS_FILE = "shard_stats.json"
 PROGRESS_SECONDS = 1.0
+NOTES_ENV = "FLOWDC_WORKER_NOTES"
+"""A file `flowdc worker` prints when its vine_worker ends: why the worker left."""
 FAULT_ENV = "FLOWDC_TASKVINE_TEST_FAULT"
 """TEST ONLY. Set in a worker's environment, it makes the worker misbehave so that the tests can
 check the manager's defences: `flip` (a byte of an image), `drop_row` (a results row),
@@ -188,6 +193,19 @@ def run_call(request: dict[str, Any]) -> None:
     Path(REPLY_FILE).write_text(json.dumps(reply), encoding="utf-8")
 
 
+def _leave(why: str) -> None:
+    """Make this worker go: one the manager distrusts would otherwise keep being offered shards
+    (TaskVine prefers the worker that holds a shard's rows already) and refusing them. Under
+    `flowdc worker`, the note makes it end the worker (a vine_worker that its own library
+    signals may hang while it vacates); a bare vine_worker is sent SIGTERM."""
+    notes = os.environ.get(NOTES_ENV)
+    if notes:
+        with open(notes, "a", encoding="utf-8") as handle:
+            handle.write(why + "\n")
+    else:
+        os.kill(_vine_worker_pid(), signal.SIGTERM)
+
+
 def _claimed_version() -> str:
     return TEST_VERSION if os.environ.get(FAULT_ENV) == "version" else __version__
 
@@ -195,14 +213,19 @@ def _claimed_version() -> str:
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     Path(PROGRESS_FILE).touch()
     wanted = request.get("version")
+    if identity() in request.get("distrusted", ()):
+        _leave(
+            f"the manager (FLOW-DC {wanted}) refused what this worker (FLOW-DC "
+            f"{_claimed_version()}) sent back or would run; this worker leaves (see the manager's "
+            f"messages)"
+        )
+        return {"ok": False, "refused": "distrusted", "error": "the manager distrusts this worker"}
     if wanted != _claimed_version():
         return {
             "ok": False,
             "refused": "version",
             "error": f"this worker runs FLOW-DC {_claimed_version()}, the manager {wanted}",
         }
-    if identity() in request.get("distrusted", ()):
-        return {"ok": False, "refused": "distrusted", "error": "the manager distrusts this worker"}
     config = DownloadConfig(**request["config"])
     shard = int(request["shard"])
     share = max(1, int(request["share"]))
