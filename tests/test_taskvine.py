@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -554,21 +555,66 @@ def test_workers_of_another_version_are_told_and_given_nothing(
 # -- shared mode: workers commit into the output themselves --------------------------------------
 
 
-def test_shared_mode_on_a_folder_every_worker_sees(
-    site: tuple[Path, Workers], fresh_server: ImageServer
+def _tls_and_password(folder: Path) -> tuple[Path, Path, Path]:
+    """A password file and a self-signed key and certificate for 127.0.0.1."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    paths = folder / "vine.password", folder / "key.pem", folder / "cert.pem"
+    paths[0].write_text(os.urandom(32).hex())
+    paths[1].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[2].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def test_shared_mode_on_a_folder_every_worker_sees_with_password_and_tls(
+    site: tuple[Path, Workers], fresh_server: ImageServer, tmp_path: Path
 ) -> None:
+    pytest.importorskip("cryptography", reason="cryptography makes the test certificate")
     folder, workers = site
     workers.hidden = folder.parent / "nothing-hidden"
+    password, key, cert = _tls_and_password(tmp_path)
     listing = _write_list(folder / "list.parquet", _mixed_urls(fresh_server, 60))
     output = folder / "out"
     args = _args(listing, output, "--shard_size", "20", "--shared_output")
+    args += ["--password", str(password), "--ssl_key", str(key), "--ssl_cert", str(cert)]
     with running(Manager(folder, args)) as manager:
-        started = workers.start(manager.port, "w1", isolated=False)
+        extra = ("--password", str(password), "--ssl")
+        started = workers.start(manager.port, "w1", isolated=False, extra=extra)
         assert manager.wait() == 0, manager.text()
     assert _check_dataset(output, 60) == {"success": 54, "failed_to_download": 6}
     # the worker's own processes wrote the markers (host:pid of a fork, not the manager's)
     assert all(str(marker["worker"]) != started.name for marker in _markers(output))
-    assert "and writes into the output" in manager.text()
+    log = manager.text()
+    assert "--password FILE --ssl" in log and "any machine that reaches" not in log
 
 
 def test_shared_mode_on_object_storage(
@@ -592,3 +638,64 @@ def test_shared_mode_on_object_storage(
     local = folder / "copy"
     fs.get("flowdc-test/vine/", str(local), recursive=True)
     assert _check_dataset(local, 60) == {"success": 54, "failed_to_download": 6}
+
+
+# -- progress, and what goes wrong before any worker runs ----------------------------------------
+
+
+def test_progress_of_a_running_shard_reaches_the_manager(
+    site: tuple[Path, Workers], fresh_server: ImageServer
+) -> None:
+    """The rows a worker has done in a shard still running (a watched file, sent every few
+    seconds) move the progress bar before the shard is committed."""
+    folder, workers = site
+    rows = 30  # 9 s: 0.3 s each, one at a time
+    urls = [fresh_server.url(f"slow/0.3/{i}.jpg") for i in range(rows)]
+    listing = _write_list(folder / "list.parquet", urls)
+    args = _args(listing, folder / "out", "--shard_size", str(rows))
+    args += ["--concurrent_downloads", "2", "--progress"]
+    with running(Manager(folder, args)) as manager:
+        workers.start(manager.port, "w1")
+        assert manager.wait() == 0, manager.text()
+    counts = [int(n) for n in re.findall(rf"\| *(\d+)/{rows} \[", manager.text())]
+    assert any(0 < n < rows for n in counts), counts
+
+
+def test_worker_command_errors_are_one_line() -> None:
+    def worker(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "flowdc", "worker", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    for args, message in (
+        (("--engine", "taskvine", "tcp:/nowhere"), "'tcp:/nowhere' is not HOST:PORT"),
+        (("--engine", "taskvine"), "give the manager's HOST:PORT"),
+        (("--engine", "spark", "x:1"), "takes dask or taskvine"),
+    ):
+        done = worker(*args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert message in done.stderr
+
+
+def test_manager_errors_are_one_line(tmp_path: Path) -> None:
+    listing = _write_list(tmp_path / "list.parquet", ["http://127.0.0.1:9/a.jpg"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for extra, message in (
+            (["--port", port], f"cannot start the TaskVine manager on port {port}"),
+            (["--port", "0", "--password", "missing.pw"], "--password missing.pw: there is no"),
+        ):
+            command = [sys.executable, "-m", "flowdc", "download", "--input", str(listing)]
+            command += ["--output", str(tmp_path / "out"), "--engine", "taskvine", *extra]
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+            )
+            assert done.returncode == 2, done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"flowdc: error: {message}"), lines
+            assert not (tmp_path / "out").exists()  # a failed start leaves nothing behind

@@ -44,16 +44,19 @@ def check_output(output: Path) -> None:
 
 
 def remove_if_unused(output: Path, made_here: bool) -> None:
-    """After a run that stopped before writing anything: its lock file goes, and the folder too
-    when this run made it."""
+    """After a run that stopped before writing anything: its lock file and TaskVine folder go,
+    and the folder too when this run made it."""
     if output.is_dir() and not _entries(output):
         (output / LOCK_FILE).unlink(missing_ok=True)
+        shutil.rmtree(output / TASKVINE_DIR, ignore_errors=True)
         if made_here:
             output.rmdir()
 
 
 def _entries(output: Path) -> list[Path]:
-    return [entry for entry in output.iterdir() if entry.name != LOCK_FILE]
+    """What the folder holds but the lock and the TaskVine manager's folder (a manager started
+    before planning, or killed during it, leaves only those)."""
+    return [entry for entry in output.iterdir() if entry.name not in (LOCK_FILE, TASKVINE_DIR)]
 
 
 def clear_output(output: Path, input_path: Path) -> list[str]:

@@ -142,7 +142,10 @@ def _expected_members(
     images: dict[str, str | None] = {}
     facts = ["key", "label", "class_index", "status", "path", "format", "sha256", "stored_sha256"]
     columns = table.select([*facts, "bytes"]).to_pylist()
-    for planned, row in zip(rows.column("label").to_pylist(), columns, strict=True):
+    planned_labels = (
+        rows.column("label").to_pylist() if "label" in rows.column_names else [None] * len(columns)
+    )
+    for planned, row in zip(planned_labels, columns, strict=True):
         key, label = row["key"], normalize_label(planned)
         if row["label"] != label or row["class_index"] != class_index.get(label or ""):
             raise ShardRejected(f"row {key}: its label or class is not the plan's")
