@@ -45,7 +45,7 @@ DEFAULT_CATALOG = "catalog.cse.nd.edu:9097,backup-catalog.cse.nd.edu:9097"
 LIBRARY = "flowdc-shards"
 KEEPALIVE_INTERVAL = 30
 KEEPALIVE_TIMEOUT = 120
-IDLE_WORKER_GRACE = 10.0
+IDLE_WORKER_GRACE = 5.0
 """Seconds a connected worker may take nothing while shards wait before the run says why."""
 SHUTDOWN_WAIT = 5
 TCP_PORT_VARIABLES = ("TCP_LOW_PORT", "TCP_HIGH_PORT")
