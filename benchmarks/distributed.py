@@ -1,13 +1,18 @@
-"""Images/s of the local engine against the Dask engine, same URLs, same loopback nginx.
+"""Images/s of the local engine against the Dask and TaskVine engines, same URLs, same nginx.
 
-    .venv/bin/python benchmarks/distributed.py [--urls 20000] [--repeat 3]
+    .venv/bin/python benchmarks/distributed.py [--urls 20000] [--repeat 3] [--no-taskvine]
 
 Serves the pool of generated JPEGs of core_run.py with nginx on 127.0.0.1-4, starts a Dask
 scheduler and two `dask worker` processes (two task threads each) on 127.0.0.1, then runs, in
-alternation: `flowdc download` with the local engine (two processes) and with `--engine dask
+alternation: `flowdc download` with the local engine (two processes), with `--engine dask
 --scheduler` on that cluster (with --own-cluster also `--engine dask` alone: a cluster of its
-own, whose start is in the time). Every run must download every URL. Prints medians and the
-Dask/local ratio. Everything runs in this script's session (see `timed`).
+own, whose start is in the time), and, when TaskVine is installed (`make taskvine`), with
+`--engine taskvine` in gathered mode (the shards come back to the manager, are checked and
+committed there) and in shared mode (`--shared_output`: the workers write into the output).
+Each TaskVine run gets two fresh `vine_worker`s (two cores each, as `flowdc worker --engine
+taskvine` starts them), started just before the manager; their start and warm-up overlap the
+planning and are in the time. Every run must download every URL. Prints medians and each
+engine's ratio to the local engine. Everything runs in this script's session (see `timed`).
 """
 
 from __future__ import annotations
@@ -60,6 +65,51 @@ def start_cluster(work: Path, processes: list[subprocess.Popen]) -> str:
     return address
 
 
+def vine_workers(port: int, work: Path, count: int = 2) -> list[subprocess.Popen]:
+    """`count` vine_workers for a manager on 127.0.0.1:port, as `flowdc worker --engine taskvine`
+    starts them, but in this script's session (see `timed`); each exits when the run ends."""
+    from flowdc.engines.taskvine.command import worker_environment
+    from flowdc.engines.taskvine.manager import feature
+
+    program = shutil.which("vine_worker", path=str(Path(sys.executable).parent))
+    assert program is not None
+    log = open(work / "vine-workers.log", "ab")
+    options = ["--cores", "2", "--feature", feature(), "--max-backoff=1", "--single-shot"]
+    return [
+        subprocess.Popen(
+            [
+                program,
+                "--workspace",
+                str(work / f"vine-{port}-{i}"),
+                *options,
+                "127.0.0.1",
+                str(port),
+            ],
+            stdout=log,
+            stderr=log,
+            env=worker_environment(),
+        )
+        for i in range(count)
+    ]
+
+
+def stop(processes: list[subprocess.Popen], grace: float = 10) -> None:
+    for process in processes:
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def taskvine_installed() -> bool:
+    try:
+        import ndcctools.taskvine  # noqa: F401
+    except ImportError:
+        return False
+    return shutil.which("vine_worker", path=f"{Path(sys.executable).parent}") is not None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--urls", type=int, default=20_000)
@@ -69,6 +119,7 @@ def main() -> int:
     parser.add_argument(
         "--own-cluster", action="store_true", help="also time --engine dask with no address"
     )
+    parser.add_argument("--no-taskvine", action="store_true", help="leave TaskVine out")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="flowdc-bench-dist-"))
@@ -99,11 +150,22 @@ def main() -> int:
         }
         if args.own_cluster:
             engines["dask (own cluster)"] = ["--engine", "dask"]
+        if not args.no_taskvine and taskvine_installed():
+            engines["taskvine gathered"] = ["--engine", "taskvine"]
+            engines["taskvine shared"] = ["--engine", "taskvine", "--shared_output"]
         runs: dict[str, list[float]] = {name: [] for name in engines}
         for attempt in range(args.repeat):
             for name, extra in engines.items():
                 out = work / f"out{attempt}"
-                runs[name].append(timed([*base, *extra, "--output", str(out)]))
+                workers: list[subprocess.Popen] = []
+                if name.startswith("taskvine"):
+                    port = free_port()
+                    extra = [*extra, "--port", str(port)]
+                    workers = vine_workers(port, work)
+                try:
+                    runs[name].append(timed([*base, *extra, "--output", str(out)]))
+                finally:
+                    stop(workers)
                 summary = json.loads((out / "overview.json").read_text())["download_summary"]
                 if summary["successful"] != args.urls:
                     raise RuntimeError(f"{name}: {summary['successful']} of {args.urls} downloaded")
@@ -115,10 +177,10 @@ def main() -> int:
             shown = ", ".join(f"{s:.1f}" for s in seconds)
             print(f"{name:<22}{medians[name]:>10.0f}{shown:>26}")
         local = medians["local (2 processes)"]
-        print(f"\ndask (2 workers) / local images/s: {medians['dask (2 workers)'] / local:.2f}")
-        if args.own_cluster:
-            own = medians["dask (own cluster)"]
-            print(f"dask (own cluster) / local images/s: {own / local:.2f}")
+        print()
+        for name, median in medians.items():
+            if name != "local (2 processes)":
+                print(f"{name} / local images/s: {median / local:.2f}")
     finally:
         for process in reversed(cluster):
             process.terminate()

@@ -79,3 +79,31 @@ def parquet_url_table(server: ImageServer, path: Path, rows: int = 4) -> Path:
     urls = [server.url(f"img/{i}.jpg") for i in range(rows)]
     pq.write_table(pa.table({"url": urls, "label": ["a", "b"] * (rows // 2)}), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A real S3 server (moto) on 127.0.0.1 and a bucket; the environment a client needs."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key="testing",
+        secret="testing",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        skip_instance_cache=True,
+    )
+    fs.mkdir("flowdc-test")
+    try:
+        yield env
+    finally:
+        server.stop()

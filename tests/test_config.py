@@ -604,3 +604,34 @@ def test_home_in_config_paths_is_expanded(
     assert result.output == home / "datasets" / "birds"
     assert (home / "datasets" / "birds" / "overview.json").exists()
     assert list(work.iterdir()) == [config]
+
+
+# -- the TaskVine engine's options ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"port": 9123}, r"^--port need --engine taskvine"),
+        ({"engine": "dask", "password": "pw"}, r"^--password need --engine taskvine"),
+        ({"shared_output": True}, r"^--shared_output need --engine taskvine"),
+        ({"engine": "taskvine", "listen": ":8786"}, r"^--listen are Dask's"),
+        ({"engine": "taskvine", "ssl_key": "k.pem"}, r"^--ssl_key and --ssl_cert go together"),
+        ({"engine": "taskvine", "catalog": "127.0.0.1:9097"}, r"give --manager_name"),
+        ({"engine": "taskvine", "dedupe": True}, r"^--dedupe with --engine taskvine needs"),
+        ({"engine": "taskvine", "retry_failed": True}, r"^--retry_failed with --engine taskvine"),
+        ({"engine": "taskvine", "port": 70000}, r"port"),
+    ],
+)
+def test_taskvine_options_that_cannot_work_are_refused(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(FlowDCError, match=message):
+        build_config({"input": "in.csv", "output": "out", **options})
+
+
+def test_taskvine_options_that_work() -> None:
+    paths = {"input": "in.csv", "output": "out", "engine": "taskvine"}
+    shared = {"dedupe": True, "retry_failed": True}
+    assert build_config({**paths, "shared_output": True, **shared}).dedupe
+    assert build_config({**paths, "output": "s3://bucket/prefix", "dedupe": True}).dedupe
+    config = build_config({**paths, "port": 0, "manager_name": "gbif", "catalog": "127.0.0.1:1"})
+    assert (config.port, config.manager_name) == (0, "gbif")

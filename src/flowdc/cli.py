@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, default=300, help="how many images (default: 300)")
     commands.add_parser(
         "worker",
-        help="run a Dask worker for `download --engine dask` (flowdc worker tcp://MANAGER:8786)",
+        help="run a worker for `download --engine dask` (flowdc worker tcp://MANAGER:8786) or "
+        "--engine taskvine (flowdc worker --engine taskvine MANAGER:9123)",
         add_help=False,
     )
     report = commands.add_parser(
@@ -263,12 +264,30 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _worker_engine(arguments: list[str]) -> tuple[str, list[str]]:
+    """`flowdc worker [--engine dask|taskvine] ...`: the engine (dask unless given first), and
+    the rest of the arguments."""
+    if arguments[:1] == ["--engine"] and len(arguments) > 1:
+        return arguments[1], arguments[2:]
+    if arguments[:1] and arguments[0].startswith("--engine="):
+        return arguments[0].partition("=")[2], arguments[1:]
+    return "dask", arguments
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["worker"]:  # every option after the address belongs to `dask worker`
-        from flowdc.engines.dask import worker_main
+    if arguments[:1] == ["worker"]:
+        engine, rest = _worker_engine(arguments[1:])
+        if engine == "taskvine":
+            from flowdc.engines.taskvine.command import worker_main as taskvine_worker
 
-        return worker_main(arguments[1:])
+            return taskvine_worker(rest)
+        if engine != "dask":
+            print("flowdc: error: `flowdc worker --engine` takes dask or taskvine", file=sys.stderr)
+            return 2
+        from flowdc.engines.dask import worker_main  # options after the address: `dask worker`'s
+
+        return worker_main(rest)
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM (timeout, SLURM, docker stop) stops a run the way Ctrl-C does

@@ -26,7 +26,7 @@ from flowdc.core.layout import (
 )
 from flowdc.core.results import ShardResult
 from flowdc.engines import engine_for
-from flowdc.engines.base import Engine, Progress
+from flowdc.engines.base import Engine, EngineOutcome, Progress
 from flowdc.interactive import in_notebook, tqdm_class
 from flowdc.metadata.finish import finish_metadata
 from flowdc.metadata.overview import append_run, build_overview, write_overview
@@ -277,6 +277,7 @@ def _run_plan(
     started = time.monotonic()
     sink = _Sink(bar)
     interrupted = False
+    outcome = EngineOutcome()
     try:
         outcome = (engine or engine_for(config, echo)).run(plan, rows_to_run, sink)
     except KeyboardInterrupt:
@@ -293,6 +294,7 @@ def _run_plan(
                     "shards_run": len(sink.results),
                     "interrupted": interrupted,
                     "engine": config.engine,
+                    **outcome.counters,
                 },
             )
             if store is not None:

@@ -57,6 +57,13 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "scheduler",
         "workers",
         "slurm_options",
+        "port",
+        "manager_name",
+        "catalog",
+        "password",
+        "ssl_key",
+        "ssl_cert",
+        "shared_output",
         "storage_options",
     ),
     "metadata": (

@@ -23,7 +23,7 @@ from flowdc.core.version import __version__
 InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
 OutputFormat = Literal["webdataset", "imagefolder", "parquet"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
-Engine = Literal["local", "dask", "slurm"]
+Engine = Literal["local", "dask", "slurm", "taskvine"]
 ResizeMode = Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]
 EncodeFormat = Literal["jpg", "png", "webp"]
 # Pillow refuses images over twice its MAX_IMAGE_PIXELS outright, whatever is asked here.
@@ -302,7 +302,8 @@ class DownloadConfig(BaseModel):
     engine: Engine = Field(
         "local",
         description="local: worker processes on this machine; dask: a Dask cluster (--listen, "
-        "--scheduler, or a local one on 127.0.0.1); slurm: Dask workers as SLURM jobs.",
+        "--scheduler, or a local one on 127.0.0.1); slurm: Dask workers as SLURM jobs; taskvine: "
+        "a TaskVine manager (--port) whose workers may share no storage with it.",
     )
     listen: str | None = Field(
         None,
@@ -319,6 +320,47 @@ class DownloadConfig(BaseModel):
         None,
         description="JSON object of dask-jobqueue SLURMCluster options (queue, account, walltime, "
         "cores, memory, job_extra_directives, ...).",
+    )
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65_535,
+        description="Port the TaskVine manager listens on, on every interface (--engine taskvine; "
+        "default 9123; 0: any free port); workers join with `flowdc worker --engine taskvine "
+        "HOST:PORT`.",
+    )
+    manager_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Name the TaskVine manager advertises to the catalog server (--catalog), so "
+        "that workers and vine_factory find it by name instead of HOST:PORT.",
+    )
+    catalog: str | None = Field(
+        None,
+        min_length=1,
+        description="Catalog server(s) for --manager_name, HOST:PORT[,HOST:PORT]; default: "
+        "TaskVine's public catalog.cse.nd.edu:9097.",
+    )
+    password: str | None = Field(
+        None,
+        min_length=1,
+        description="File holding a secret that TaskVine workers must present to join (make one "
+        "with `openssl rand -hex 32`; give workers the same file with --password).",
+    )
+    ssl_key: str | None = Field(
+        None, min_length=1, description="PEM key of the TaskVine manager's TLS (with --ssl_cert)."
+    )
+    ssl_cert: str | None = Field(
+        None,
+        min_length=1,
+        description="PEM certificate of the TaskVine manager's TLS (with --ssl_key); workers "
+        "join with --ssl.",
+    )
+    shared_output: bool = Field(
+        False,
+        description="(--engine taskvine) The output folder is on storage every worker mounts at "
+        "the same path: workers commit shards there themselves instead of sending them back to "
+        "the manager. An s3:// output is always shared.",
     )
     storage_options: dict[str, Any] | None = Field(
         None,
@@ -516,6 +558,43 @@ class DownloadConfig(BaseModel):
                 f"min_per_class {self.min_per_class} is above max_per_class "
                 f"{self.max_per_class}: no class could be kept; lower the one or raise the other"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _taskvine_options(self) -> DownloadConfig:
+        """TaskVine's options need its engine; its gathered mode (workers send shards back) has
+        no shared dedupe index nor the committed shards a retry pass rebuilds from."""
+        given = [
+            f"--{name}"
+            for name in ("port", "manager_name", "catalog", "password", "ssl_key", "ssl_cert")
+            if getattr(self, name) is not None
+        ] + (["--shared_output"] if self.shared_output else [])
+        if self.engine != "taskvine":
+            if given:
+                raise ValueError(f"{' and '.join(given)} need --engine taskvine")
+            return self
+        dask_only = [
+            f"--{name}"
+            for name in ("listen", "scheduler", "workers", "slurm_options")
+            if getattr(self, name) is not None
+        ]
+        if dask_only:
+            raise ValueError(
+                f"{' and '.join(dask_only)} are Dask's; --engine taskvine listens on --port and "
+                f"its workers join with `flowdc worker --engine taskvine HOST:PORT`"
+            )
+        if (self.ssl_key is None) != (self.ssl_cert is None):
+            raise ValueError("--ssl_key and --ssl_cert go together: give both, or neither")
+        if self.catalog is not None and self.manager_name is None:
+            raise ValueError("--catalog is where --manager_name is advertised: give --manager_name")
+        gathered = not self.shared_output and not is_remote(self.output)
+        for name, what in (("dedupe", "index"), ("retry_failed", "retry pass")):
+            if gathered and getattr(self, name):
+                raise ValueError(
+                    f"--{name} with --engine taskvine needs an output every worker sees "
+                    f"(--shared_output, or s3://): workers that send shards back share no {what}; "
+                    f"on the manager's machine, --engine local does it"
+                )
         return self
 
     @model_validator(mode="after")

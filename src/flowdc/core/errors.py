@@ -4,6 +4,8 @@ Exception
 ├── FlowDCError          bad input, or a state the user must resolve: one line, never a
 │   │                    traceback (the CLI prints it and exits 2)
 │   └── Interrupted      the user stopped the run (Ctrl-C); committed shards are kept (exit 130)
+├── ShardRejected        a shard a worker sent back failed the manager's checks: nothing of it
+│                        is committed, it runs again elsewhere (storage/verify.py)
 └── RowFailure           one row did not become a sample; its `status` and `message` go to
     │                    the row's results (never shown as an error of the run)
     ├── FetchFailure     an attempt to download failed; `retryable` says whether another
@@ -21,6 +23,10 @@ class FlowDCError(Exception):
 
 class Interrupted(FlowDCError):
     """The user stopped the run (Ctrl-C); committed shards are kept."""
+
+
+class ShardRejected(Exception):
+    """A shard built by a worker and sent back does not match the plan; the message says how."""
 
 
 class RowFailure(Exception):

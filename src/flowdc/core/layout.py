@@ -30,6 +30,9 @@ ATTRIBUTION_FILE = "attribution.csv"
 DEDUPE_FILE = ".flowdc-dedupe.sqlite"
 DEDUPE_FILES = (DEDUPE_FILE, f"{DEDUPE_FILE}-journal", f"{DEDUPE_FILE}-wal", f"{DEDUPE_FILE}-shm")
 LOCK_FILE = ".flowdc-lock"
+TASKVINE_DIR = ".flowdc-taskvine"
+"""The TaskVine manager's folder in a local output: its logs (for vine_plot_*), the rows it sends
+to workers and the files they send back until they are checked and committed."""
 TEMP_MARK = ".tmp-"
 SPLIT_NAMES = ("train", "validation", "test")
 """The splits `flowdc split` makes, in the order of its --ratios (Hugging Face's names)."""

@@ -13,6 +13,7 @@ ENGINES: dict[str, str] = {
     "local": "flowdc.engines.local:LocalEngine",
     "dask": "flowdc.engines.dask:DaskEngine",
     "slurm": "flowdc.engines.dask:DaskEngine",
+    "taskvine": "flowdc.engines.taskvine.engine:TaskVineEngine",
 }
 """--engine name -> module:class of its Engine."""
 

@@ -43,6 +43,8 @@ class EngineOutcome:
     results: list[ShardResult] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
     """Shard -> why it could not run (it stays uncommitted; the next run tries it again)."""
+    counters: dict[str, int] = field(default_factory=dict)
+    """What the engine counted that the run record keeps (TaskVine: shards_rejected)."""
 
 
 class ProgressSink(Protocol):

@@ -237,6 +237,8 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             "total": plan.shard_count,
             "committed": committed,
             "shard_size": plan.shard_size,
+            # sent back by a TaskVine worker and refused by the manager's checks (then rerun)
+            "rejected": sum(run.get("shards_rejected", 0) for run in runs),
         },
         "input": {
             "path": plan.input,

@@ -54,9 +54,11 @@ def commit_shard(
     seen: HostsSeen,
     previous: ShardResult,
     seconds: float,
+    worker: str | None = None,
 ) -> ShardResult:
     """Results table, then the stats marker (both temp + rename), then the journal goes;
-    `previous` is the committed pass this one adds to (or an empty result)."""
+    `previous` is the committed pass this one adds to (or an empty result); `worker` names who
+    ran the pass when it was not this process (a shard sent back to a TaskVine manager)."""
     tmp = output / temp_name(results_path(output, shard).name)
     pq.write_table(results, tmp, compression="zstd")
     os.replace(tmp, results_path(output, shard))
@@ -78,7 +80,7 @@ def commit_shard(
         hosts=finite(_merge_hosts(previous.hosts, seen.hosts)),
         started_at=previous.started_at,
         finished_at=now(),
-        worker=f"{socket.gethostname()}:{os.getpid()}",
+        worker=worker or f"{socket.gethostname()}:{os.getpid()}",
     )
     atomic_write_text(stats_path(output, shard), result.to_json())
     drop_journal(output, shard)

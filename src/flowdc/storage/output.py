@@ -5,6 +5,7 @@ the same shards at once."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from flowdc.core.errors import FlowDCError
@@ -15,6 +16,7 @@ from flowdc.core.layout import (
     SAMPLE_FILE,
     SPLIT_LAYOUT_MARK,
     SPLIT_NAMES,
+    TASKVINE_DIR,
     TEMP_MARK,
     made_by_flowdc,
     split_layout_dir,
@@ -46,16 +48,19 @@ def check_output(output: Path) -> None:
 
 
 def remove_if_unused(output: Path, made_here: bool) -> None:
-    """After a run that stopped before writing anything: its lock file goes, and the folder too
-    when this run made it."""
+    """After a run that stopped before writing anything: its lock file and TaskVine folder go,
+    and the folder too when this run made it."""
     if output.is_dir() and not _entries(output):
         (output / LOCK_FILE).unlink(missing_ok=True)
+        shutil.rmtree(output / TASKVINE_DIR, ignore_errors=True)
         if made_here:
             output.rmdir()
 
 
 def _entries(output: Path) -> list[Path]:
-    return [entry for entry in output.iterdir() if entry.name != LOCK_FILE]
+    """What the folder holds but the lock and the TaskVine manager's folder (a manager started
+    before planning, or killed during it, leaves only those)."""
+    return [entry for entry in output.iterdir() if entry.name not in (LOCK_FILE, TASKVINE_DIR)]
 
 
 def clear_output(output: Path, input_path: Path) -> list[str]:
@@ -75,6 +80,8 @@ def clear_output(output: Path, input_path: Path) -> list[str]:
             kept += [f"{entry.name}/{name}" for name in _clear_class_folder(entry)]
         elif entry.is_file() and made_by_flowdc(entry.name):
             entry.unlink()
+        elif entry.name == TASKVINE_DIR and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
         else:
             kept.append(entry.name)
     layout = split_layout_dir(output)
