@@ -348,3 +348,17 @@ def test_a_repeat_whose_stored_sample_is_damaged_is_fetched_itself(
     with tarfile.open(output / "00001.tar") as tar:
         stored = tar.extractfile("000010.jpg")
         assert stored is not None and stored.read() == images["7.jpg"]
+
+
+def test_a_shard_that_sees_no_other_shard_fetches_its_repeats_at_once() -> None:
+    """TaskVine's gathered mode: a worker's sandbox holds its own shard only, so waiting for an
+    earlier shard's commit (30 s before giving up, as LocalCommitted would) only stalls it."""
+    import asyncio
+    import time
+
+    from flowdc.shard.committed import NoOtherShards
+    from flowdc.shard.repeats import committed_owners
+
+    started = time.monotonic()
+    owners = asyncio.run(committed_owners(NoOtherShards(), 0, {"000000000"}, retry_pass=False))
+    assert owners is None and time.monotonic() - started < 1

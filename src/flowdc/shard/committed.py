@@ -151,6 +151,29 @@ class TarIndex:
         return index
 
 
+class NoOtherShards:
+    """A shard run where no other shard's output can be seen (TaskVine's gathered mode: the
+    worker's sandbox holds its own shard only): a repeat of another shard's URL is fetched at
+    once instead of waiting for a commit it would never see."""
+
+    poll_seconds = 0.0
+
+    def committed(self, shard: int) -> bool:
+        return False
+
+    def stamp(self, shard: int) -> Any:
+        return None
+
+    def alive(self, shard: int) -> bool | None:
+        return False
+
+    def owner_rows(self, shard: int, keys: Collection[str]) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def stored_bytes(self, shard: int, path: str) -> bytes | None:
+        return None
+
+
 class LocalCommitted:
     """The committed shards of an output folder (local, or shared by every machine)."""
 

@@ -31,7 +31,7 @@ from collections.abc import Collection
 from typing import Any
 
 from flowdc.core.status import DUPLICATE, SUCCESS
-from flowdc.shard.committed import CommittedShards, sha256_matches
+from flowdc.shard.committed import CommittedShards, NoOtherShards, sha256_matches
 
 OWNER_DEAD_SECONDS = 30.0
 """How long an owner's shard may look neither committed nor running before its repeats are
@@ -89,6 +89,8 @@ async def committed_owners(
 ) -> dict[str, dict[str, Any]] | None:
     """The owners' committed results rows (by key) once `shard` is committed; None when it
     looks as if it will not be (the caller fetches the repeats itself)."""
+    if isinstance(committed, NoOtherShards):
+        return None
     started = time.monotonic()
     quiet_since: float | None = None
     rows: dict[str, dict[str, Any]] | None = None
