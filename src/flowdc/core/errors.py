@@ -53,6 +53,7 @@ class FetchFailure(RowFailure):
         unreachable: bool = False,
         unresolved: bool = False,
         malformed: bool = False,
+        no_connection: bool = False,
     ) -> None:
         super().__init__(status, message)
         self.retryable = retryable
@@ -67,6 +68,8 @@ class FetchFailure(RowFailure):
         """The host name did not resolve."""
         self.malformed = malformed
         """The answer was no valid HTTP: the same server likely answers so again."""
+        self.no_connection = no_connection
+        """No connection was made (refused, or no answer to the SYN within the connect timeout)."""
 
 
 class ImageRejected(RowFailure):

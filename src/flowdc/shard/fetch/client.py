@@ -199,7 +199,11 @@ class Fetcher:
         if not no_answer:
             host.breaker.on_answer()
         elif host_trouble and host.breaker.on_failure(
-            sent_at, now, failure.message, at_once=failure.unresolved
+            sent_at,
+            now,
+            failure.message,
+            at_once=failure.unresolved,
+            no_connection=failure.no_connection,
         ):
             figures.marked_down += 1
             self.scheduler.review(host)  # its queued jobs fail now, not after their waits

@@ -46,6 +46,10 @@ if sys.version_info >= (3, 11):
 else:  # aiohttp's own dependency on Python 3.10
     from async_timeout import timeout_at
 
+CONNECT_TIMEOUT_SECONDS = 10.0
+"""A connection not made within this (inside the request's `timeout`) fails on its own: a host
+whose SYNs vanish (down, or behind a firewall that drops) is found out in seconds, not after the
+whole timeout."""
 MAX_REDIRECTS = 5
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
@@ -223,6 +227,7 @@ class HttpClient:
                 async with self.session.get(
                     current,
                     allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS),
                     proxy=proxy and proxy[0],
                     proxy_auth=proxy and proxy[1],
                 ) as response:
@@ -234,6 +239,14 @@ class HttpClient:
                     return await self._read(current, response, call)
             except FetchFailure:
                 raise
+            except aiohttp.ConnectionTimeoutError:
+                raise FetchFailure(
+                    FAILED_TO_DOWNLOAD,
+                    f"no connection within {CONNECT_TIMEOUT_SECONDS:g} s",
+                    True,
+                    unreachable=True,
+                    no_connection=True,
+                ) from None
             except aiohttp.ClientPayloadError as exc:
                 raise FetchFailure(
                     FAILED_TO_DOWNLOAD, f"incomplete body: {_brief(exc)}", True
@@ -252,6 +265,14 @@ class HttpClient:
                 # a certificate or TLS failure does not heal by asking again
                 message = f"TLS error: {_brief(exc)}"
                 raise FetchFailure(FAILED_TO_DOWNLOAD, message, False) from None
+            except aiohttp.ClientConnectorError as exc:  # refused, unreachable: no connection
+                raise FetchFailure(
+                    FAILED_TO_DOWNLOAD,
+                    f"{type(exc).__name__}: {_brief(exc)}",
+                    True,
+                    unreachable=True,
+                    no_connection=True,
+                ) from None
             except aiohttp.ClientResponseError as exc:
                 # raised by aiohttp's parser (bad Content-Length, broken chunks, garbage status
                 # line, headers over the limit): its 400 is aiohttp's own, not the server's, so no
