@@ -77,7 +77,8 @@ def clean_env() -> dict[str, str]:
     """This environment without proxies (nothing but the bed is reachable from a machine)."""
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     env["NO_ALBUMENTATIONS_UPDATE"] = "1"
-    env.pop("PYTHONPATH", None)
+    # kept: PYTHONPATH=<tree>/src runs that tree's FLOW-DC in every machine (flowdc_version
+    # reports the tree this process imports, so the children must import the same)
     return env
 
 
