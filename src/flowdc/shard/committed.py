@@ -37,8 +37,7 @@ from flowdc.core.layout import (
 )
 from flowdc.shard.writers import in_use
 
-OWNER_COLUMNS = (
-    "key",
+COPIED_FROM_OWNER = (
     "status",
     "error",
     "http_status",
@@ -49,14 +48,16 @@ OWNER_COLUMNS = (
     "height",
     "format",
     "content_type",
-    "path",
     "final_url",
     "retryable",
     "original_width",
     "original_height",
     "duplicate_of",
 )
-"""The results columns a repeat copies from its owner (path and key to find the sample)."""
+"""The results columns a repeat takes from its owner's row (shard/repeats.py)."""
+OWNER_COLUMNS = ("key", "path", *COPIED_FROM_OWNER)
+"""The columns read of an owner's results row: what a repeat takes, and key and path to find the
+stored sample."""
 
 _Index = dict[str, tuple[int, int]]
 _running: set[tuple[str, int]] = set()
@@ -76,6 +77,8 @@ def running(output: Path, shard: int) -> Iterator[None]:
 
 class CommittedShards(Protocol):
     poll_seconds: float
+    sees_other_shards: bool
+    """False where no other shard's output can ever be seen: a repeat then fetches at once."""
 
     def committed(self, shard: int) -> bool:
         """Whether the shard's marker exists."""
@@ -157,6 +160,7 @@ class NoOtherShards:
     once instead of waiting for a commit it would never see."""
 
     poll_seconds = 0.0
+    sees_other_shards = False
 
     def committed(self, shard: int) -> bool:
         return False
@@ -178,6 +182,7 @@ class LocalCommitted:
     """The committed shards of an output folder (local, or shared by every machine)."""
 
     poll_seconds = 0.5
+    sees_other_shards = True
 
     def __init__(self, output: Path, output_format: str) -> None:
         self.output = output

@@ -31,7 +31,11 @@ from collections.abc import Collection
 from typing import Any
 
 from flowdc.core.status import DUPLICATE, SUCCESS
-from flowdc.shard.committed import CommittedShards, NoOtherShards, sha256_matches
+from flowdc.shard.committed import (
+    COPIED_FROM_OWNER,
+    CommittedShards,
+    sha256_matches,
+)
 
 OWNER_DEAD_SECONDS = 30.0
 """How long an owner's shard may look neither committed nor running before its repeats are
@@ -39,23 +43,6 @@ fetched themselves: a queued shard is taken within moments, and one that failed 
 UNKNOWN_WAIT_SECONDS = 900.0
 """How long a repeat waits when nothing tells whether its owner's shard runs (object storage)."""
 
-COPIED = (
-    "status",
-    "error",
-    "http_status",
-    "bytes",
-    "sha256",
-    "stored_sha256",
-    "width",
-    "height",
-    "format",
-    "content_type",
-    "final_url",
-    "retryable",
-    "original_width",
-    "original_height",
-    "duplicate_of",
-)
 _UNSTORED = ("width", "height", "format", "stored_sha256", "original_width", "original_height")
 
 
@@ -64,7 +51,7 @@ def copy_outcome(
 ) -> bool:
     """Give a repeat's results record its owner's outcome; True when the repeat needs the
     owner's stored bytes as its own sample."""
-    for name in COPIED:
+    for name in COPIED_FROM_OWNER:
         record[name] = owner.get(name)
     record.update(attempts=0, elapsed_seconds=0.0, same_url_as=owner_key, path=None)
     if record["status"] != SUCCESS:
@@ -89,7 +76,7 @@ async def committed_owners(
 ) -> dict[str, dict[str, Any]] | None:
     """The owners' committed results rows (by key) once `shard` is committed; None when it
     looks as if it will not be (the caller fetches the repeats itself)."""
-    if isinstance(committed, NoOtherShards):
+    if not committed.sees_other_shards:
         return None
     started = time.monotonic()
     quiet_since: float | None = None

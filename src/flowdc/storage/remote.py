@@ -264,6 +264,7 @@ class RemoteCommitted:
     (shard/committed.py). Whether another machine runs a shard cannot be told here."""
 
     poll_seconds = 2.0
+    sees_other_shards = True
     KEEP_TARS = 2
     _tars: ClassVar[OrderedDict[tuple[str, int], Path]] = OrderedDict()
     _lock = threading.Lock()
