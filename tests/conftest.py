@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -108,3 +109,15 @@ def s3() -> Iterator[dict[str, str]]:
         yield env
     finally:
         server.stop()
+
+
+def read_request_head(conn: socket.socket) -> bytes:
+    """What a raw test server read of a request: up to its blank line (at most 64 KiB)."""
+    conn.settimeout(2)
+    request = b""
+    while b"\r\n\r\n" not in request and len(request) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        request += chunk
+    return request

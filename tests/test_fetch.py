@@ -27,7 +27,7 @@ from flowdc.core.status import FAILED_TO_DOWNLOAD, INVALID_URL, NOT_AN_IMAGE, SU
 from flowdc.shard.fetch.client import Fetcher
 from flowdc.shard.fetch.http import MAX_REDIRECTS, FetchResult, parse_retry_after
 from flowdc.testserver import ImageServer, make_image
-from tests.conftest import QUICK_RUN
+from tests.conftest import QUICK_RUN, read_request_head
 
 T = TypeVar("T")
 BACKOFF = 0.01
@@ -498,13 +498,7 @@ class RawServer:
             except TimeoutError:
                 continue
             with conn:
-                conn.settimeout(2)
-                request = b""
-                while b"\r\n\r\n" not in request and len(request) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
+                request = read_request_head(conn)
                 path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else ""
                 self.hits[path] = self.hits.get(path, 0) + 1
                 conn.sendall(self.answers.get(path, b"HTTP/1.1 404 Not Found\r\n\r\n"))

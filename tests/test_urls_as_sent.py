@@ -18,7 +18,7 @@ import flowdc
 from flowdc.core.status import SUCCESS
 from flowdc.shard.fetch.urls import as_sent
 from flowdc.testserver import make_image
-from tests.conftest import QUICK_RUN
+from tests.conftest import QUICK_RUN, read_request_head
 from tests.test_fetch import fetch_many, raw_ok
 
 
@@ -43,13 +43,7 @@ class EchoServer:
             except TimeoutError:
                 continue
             with conn:
-                conn.settimeout(2)
-                request = b""
-                while b"\r\n\r\n" not in request and len(request) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
+                request = read_request_head(conn)
                 self.targets.append(request.split(b" ", 2)[1])
                 conn.sendall(self.answer)
 
