@@ -6,7 +6,6 @@ import datetime as dt
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from flowdc.core.layout import (
 )
 from flowdc.core.results import ShardResult
 from flowdc.engines import engine_for
-from flowdc.engines.base import Engine, EngineOutcome, Progress
+from flowdc.engines.base import Echo, Engine, EngineOutcome, Progress
 from flowdc.interactive import in_notebook, tqdm_class
 from flowdc.metadata.finish import finish_metadata
 from flowdc.metadata.overview import append_run, build_overview, write_overview
@@ -43,8 +42,6 @@ from flowdc.shard.retry import retry_rows
 from flowdc.storage import remote
 from flowdc.storage.output import OutputLock, check_output, clear_output, remove_if_unused
 from flowdc.storage.remote import stage_input
-
-Echo = Callable[[str], None]
 
 
 @dataclass

@@ -34,6 +34,7 @@ from flowdc.core.results import ShardResult
 from flowdc.engines.base import (
     PROGRESS_INTERVAL,
     SHARDS_PER_WORKER,
+    Echo,
     Engine,
     EngineOutcome,
     Progress,
@@ -109,7 +110,7 @@ def _security() -> Any:
 
 
 @contextlib.contextmanager
-def open_client(config: DownloadConfig, echo: Callable[[str], None]) -> Iterator[Any]:
+def open_client(config: DownloadConfig, echo: Echo) -> Iterator[Any]:
     """A client for the cluster the options name; the cluster ends with the run if we made it."""
     try:
         import dask.config
@@ -226,7 +227,7 @@ def _run_on_cluster(
     config: DownloadConfig,
     shards: list[int],
     sink: ProgressSink,
-    echo: Callable[[str], None],
+    echo: Echo,
 ) -> EngineOutcome:
     """Run `shards` on a Dask cluster; return their results and any shard errors."""
     from distributed import wait

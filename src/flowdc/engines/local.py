@@ -30,6 +30,7 @@ from flowdc.core.results import ShardResult
 from flowdc.engines.base import (
     PROGRESS_INTERVAL,
     SHARDS_PER_WORKER,
+    Echo,
     Engine,
     EngineOutcome,
     Progress,
@@ -284,7 +285,7 @@ class WorkerPool:
 class LocalEngine(Engine):
     """Worker processes on this machine (`--processes`, default one per core)."""
 
-    def __init__(self, config: DownloadConfig, echo: Callable[[str], None]) -> None:
+    def __init__(self, config: DownloadConfig, echo: Echo) -> None:
         super().__init__(config, echo)
         self.pool: WorkerPool | None = None
 

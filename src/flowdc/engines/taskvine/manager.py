@@ -30,7 +30,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import TASKVINE_DIR, is_remote
 from flowdc.core.version import __version__
+from flowdc.engines.base import Echo
 
 DEFAULT_PORT = 9123
 DEFAULT_CATALOG = "catalog.cse.nd.edu:9097,backup-catalog.cse.nd.edu:9097"
@@ -51,8 +52,6 @@ SHUTDOWN_WAIT = 5
 TCP_PORT_VARIABLES = ("TCP_LOW_PORT", "TCP_HIGH_PORT")
 _FEATURE_LINE = re.compile(rb"rx from \S+ \(([^)\s]+)\): feature (\S+)")
 _DEBUG_TAIL = 4 << 20
-
-Echo = Callable[[str], None]
 
 
 def feature() -> str:
