@@ -13,6 +13,9 @@ and stops with the object. Paths:
 - /empty/NAME               an empty body with status 200 and an image content type
 - /big/MEGABYTES            that many MiB of bytes, chunked (no Content-Length)
 - /bigcl/MEGABYTES          the same with a Content-Length
+  (either with ?together=K: after its first 64 KiB a body waits until K bodies asked with the
+  same K have sent theirs, at most 10 s, then sends a chunk every 5 ms, so K bodies surely
+  arrive side by side; later ones go on at once until `reset_counters`)
 - /redirect/N/NAME          N redirects, then the image
 - /redirect-loop/NAME       a redirect to itself
 - /redirect-file/NAME       a redirect to file:///etc/passwd
@@ -31,6 +34,7 @@ loopback servers names (and names that do not resolve) without asking any DNS se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import random
 import socket
@@ -144,6 +148,7 @@ class ImageServer:
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
+        self._meetings: dict[int, tuple[list[int], asyncio.Event]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> ImageServer:
@@ -185,6 +190,7 @@ class ImageServer:
             self.max_in_flight = 0
             self.log.clear()
             self.user_agents.clear()
+            self._meetings.clear()
 
     # -- server ------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -307,23 +313,38 @@ class ImageServer:
     async def _big(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
         response.enable_chunked_encoding()
-        await response.prepare(request)
-        chunk = b"\xff" * (1 << 16)
-        for _ in range(int(request.match_info["mib"]) * 16):
-            await response.write(chunk)
-        await response.write_eof()
+        await self._send_big(request, response, int(request.match_info["mib"]) << 20)
         return response
 
     async def _big_with_length(self, request: web.Request) -> web.StreamResponse:
         size = int(request.match_info["mib"]) << 20
         response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
         response.content_length = size
+        await self._send_big(request, response, size)
+        return response
+
+    async def _send_big(
+        self, request: web.Request, response: web.StreamResponse, size: int
+    ) -> None:
         await response.prepare(request)
         chunk = b"\xff" * (1 << 16)
-        for _ in range(size >> 16):
+        together = "together" in request.query
+        for index in range(size >> 16):
             await response.write(chunk)
+            if together and index == 0:
+                await self._meet(int(request.query["together"]))
+            elif together:
+                await asyncio.sleep(0.005)
         await response.write_eof()
-        return response
+
+    async def _meet(self, count: int) -> None:
+        """Wait until `count` bodies got here, 10 s at most."""
+        arrived, everyone = self._meetings.setdefault(count, ([0], asyncio.Event()))
+        arrived[0] += 1
+        if arrived[0] >= count:
+            everyone.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(everyone.wait(), 10)
 
     async def _redirect(self, request: web.Request) -> web.StreamResponse:
         remaining = int(request.match_info["n"])
