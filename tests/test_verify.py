@@ -228,3 +228,10 @@ def test_stats_of_the_wrong_shape_are_caught(returned: Returned) -> None:
     _rejected(returned, "not this shard's")
     returned.stats.write_text("{not json")
     _rejected(returned, "no JSON")
+
+
+def test_a_spoiled_header_is_caught(returned: Returned) -> None:
+    data = bytearray(returned.tar.read_bytes())
+    data[3] ^= 0x01  # the first member's name: its header's checksum no longer matches
+    returned.tar.write_bytes(bytes(data))
+    _rejected(returned, "no ustar header")
