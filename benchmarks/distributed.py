@@ -120,6 +120,7 @@ def main() -> int:
         "--own-cluster", action="store_true", help="also time --engine dask with no address"
     )
     parser.add_argument("--no-taskvine", action="store_true", help="leave TaskVine out")
+    parser.add_argument("--no-dask", action="store_true", help="leave Dask out")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="flowdc-bench-dist-"))
@@ -135,7 +136,7 @@ def main() -> int:
         ]
         labels = [f"class_{i % 10}" for i in range(args.urls)]
         pq.write_table(pa.table({"url": urls, "label": labels}), work / "urls.parquet")
-        address = start_cluster(work, cluster)
+        address = "" if args.no_dask else start_cluster(work, cluster)
         print(
             f"{args.urls:,} URLs, pool of {args.pool} JPEGs, median "
             f"{statistics.median(sizes) / 1e3:.0f} KB, {os.cpu_count()} cores, shards of "
@@ -144,10 +145,9 @@ def main() -> int:
         base = flowdc_download(
             work / "urls.parquet", "--shard_size", str(args.shard_size), "--processes", "2"
         )
-        engines = {
-            "local (2 processes)": [],
-            "dask (2 workers)": ["--engine", "dask", "--scheduler", address],
-        }
+        engines = {"local (2 processes)": []}
+        if not args.no_dask:
+            engines["dask (2 workers)"] = ["--engine", "dask", "--scheduler", address]
         if args.own_cluster:
             engines["dask (own cluster)"] = ["--engine", "dask"]
         if not args.no_taskvine and taskvine_installed():

@@ -1,0 +1,106 @@
+"""Checking and committing the shards workers send back, in a process of its own.
+
+A returned shard is read whole once to be checked (every image hashed: about half a second for
+a shard of 2,500 images here); done in the manager's loop, that half second is one in which
+TaskVine neither takes the next shard's files nor sends the free slot a new shard (a slot is
+free only once its shard's files are back). A thread would not help: TaskVine's wait holds
+Python's lock for up to a second. So one child process takes the shards in turn over a pipe
+(no helper thread either: `send` and `poll` are called by the loop itself), checks each against
+the plan (storage/verify.py) and commits it (storage/gather.py), and answers with the shard's
+stats, or why it was refused. One process commits, so commits never overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flowdc.core.errors import ShardRejected
+from flowdc.core.layout import is_committed
+from flowdc.core.results import ShardResult
+from flowdc.planning.plan import Plan
+from flowdc.storage.gather import commit_checked_shard
+from flowdc.storage.verify import check_returned_shard
+
+Answer = tuple[str, int, Any]
+"""("done", shard, ShardResult), ("rejected", shard, why), ("failed", shard, why: its files did
+not read, it may run again) or ("uncommitted", shard, why: the output refused it)."""
+
+
+class Checker:
+    """The checking process of one run, for the plan in the local output `output`."""
+
+    def __init__(self, output: str) -> None:
+        context = mp.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(
+            target=_serve, args=(child, output), name="flowdc-checker", daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.waiting: set[int] = set()
+
+    def submit(self, shard: int, tar: Path, results: Path, stats: Path, worker: str) -> None:
+        self.waiting.add(shard)
+        self.connection.send((shard, str(tar), str(results), str(stats), worker))
+
+    def wait(self, seconds: float) -> None:
+        """Until an answer is ready (or the process died), at most `seconds`."""
+        with contextlib.suppress(EOFError, OSError):
+            self.connection.poll(seconds)
+
+    def answers(self) -> Iterator[Answer]:
+        """The answers ready now (a process that died fails what it held)."""
+        while self.waiting:
+            try:
+                if not self.connection.poll():
+                    return
+                answer: Answer = self.connection.recv()
+            except (EOFError, OSError):
+                for shard in sorted(self.waiting):
+                    yield ("failed", shard, "the process that checks returned shards died")
+                self.waiting.clear()
+                return
+            self.waiting.discard(answer[1])
+            yield answer
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # it died: nothing to tell
+            self.connection.send(None)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.connection.close()
+
+
+def _serve(connection: Any, output: str) -> None:
+    plan = Plan.load(output)
+    assert plan is not None
+    while (job := connection.recv()) is not None:
+        shard, tar, results, stats, worker = job
+        files = Path(tar), Path(results), Path(stats)
+        connection.send(_check_and_commit(plan, shard, *files, worker))
+
+
+def _check_and_commit(
+    plan: Plan, shard: int, tar: Path, results: Path, stats: Path, worker: str
+) -> Answer:
+    output = Path(plan.output)
+    if is_committed(output, shard):  # never happens in one run; a marker is never replaced
+        return ("done", shard, ShardResult.load(output, shard))
+    try:
+        checked = check_returned_shard(plan, shard, plan.read_shard(shard), tar, results, stats)
+    except ShardRejected as why:
+        return ("rejected", shard, str(why))
+    except OSError as exc:
+        return ("failed", shard, f"its files do not read: {exc.strerror or exc}")
+    try:
+        result = commit_checked_shard(plan, checked, worker=worker)
+    except OSError as exc:  # a full disk, an unwritable output: the shard stays pending
+        return ("uncommitted", shard, f"cannot commit it: {exc.strerror or exc}")
+    result.skipped = False
+    return ("done", shard, result)
