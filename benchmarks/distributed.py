@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -33,15 +34,21 @@ import pyarrow.parquet as pq
 from core_run import HOSTS, flowdc_download, free_port, make_pool, start_nginx, stop_nginx
 
 
-def timed(command: list[str]) -> float:
-    """Seconds a command takes. It stays in this script's session, as the cluster does: with
-    the kernel's autogroup scheduling each session gets an equal CPU share, so a cluster in
-    sessions of its own would get more of a busy machine than the local engine."""
+def timed(command: list[str]) -> tuple[float, float]:
+    """Seconds a command takes, and the CPU seconds of its process and the children it waited
+    for (the local engine's workers; a TaskVine manager's checkers; not the Dask or TaskVine
+    workers). It stays in this script's session, as the cluster does: with the kernel's
+    autogroup scheduling each session gets an equal CPU share, so a cluster in sessions of its
+    own would get more of a busy machine than the local engine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if result.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed: {result.stderr.decode()[-2000:]}")
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu
 
 
 def start_cluster(work: Path, processes: list[subprocess.Popen]) -> str:
@@ -154,6 +161,7 @@ def main() -> int:
             engines["taskvine gathered"] = ["--engine", "taskvine"]
             engines["taskvine shared"] = ["--engine", "taskvine", "--shared_output"]
         runs: dict[str, list[float]] = {name: [] for name in engines}
+        cpu: dict[str, list[float]] = {name: [] for name in engines}
         for attempt in range(args.repeat):
             for name, extra in engines.items():
                 out = work / f"out{attempt}"
@@ -163,19 +171,22 @@ def main() -> int:
                     extra = [*extra, "--port", str(port)]
                     workers = vine_workers(port, work)
                 try:
-                    runs[name].append(timed([*base, *extra, "--output", str(out)]))
+                    seconds, used = timed([*base, *extra, "--output", str(out)])
                 finally:
                     stop(workers)
+                runs[name].append(seconds)
+                cpu[name].append(used)
                 summary = json.loads((out / "overview.json").read_text())["download_summary"]
                 if summary["successful"] != args.urls:
                     raise RuntimeError(f"{name}: {summary['successful']} of {args.urls} downloaded")
                 shutil.rmtree(out)
-        print(f"\n{'engine':<22}{'images/s':>10}{'runs (s)':>26}")
+        print(f"\n{'engine':<22}{'images/s':>10}{'runs (s)':>26}{'manager CPU s':>16}")
         medians = {}
         for name, seconds in runs.items():
             medians[name] = args.urls / statistics.median(seconds)
             shown = ", ".join(f"{s:.1f}" for s in seconds)
-            print(f"{name:<22}{medians[name]:>10.0f}{shown:>26}")
+            used = statistics.median(cpu[name])
+            print(f"{name:<22}{medians[name]:>10.0f}{shown:>26}{used:>16.1f}")
         local = medians["local (2 processes)"]
         print()
         for name, median in medians.items():

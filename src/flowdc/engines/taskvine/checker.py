@@ -1,20 +1,24 @@
-"""Checking and committing the shards workers send back, in a process of its own.
+"""Checking and committing the shards workers send back, in processes of their own.
 
 A returned shard is read whole once to be checked (every image hashed: about half a second for
-a shard of 2,500 images here); done in the manager's loop, that half second is one in which
-TaskVine neither takes the next shard's files nor sends the free slot a new shard (a slot is
-free only once its shard's files are back). A thread would not help: TaskVine's wait holds
-Python's lock for up to a second. So one child process takes the shards in turn over a pipe
-(no helper thread either: `send` and `poll` are called by the loop itself), checks each against
-the plan (storage/verify.py) and commits it (storage/gather.py), and answers with the shard's
-stats, or why it was refused. One process commits, so commits never overlap.
+a shard of 2,500 images here, one core hashes about 650 MB/s); done in the manager's loop, that
+half second is one in which TaskVine neither takes the next shard's files nor sends the free
+slot a new shard (a slot is free only once its shard's files are back). A thread would not help:
+TaskVine's wait holds Python's lock for up to a second. So child processes (one per core of the
+manager's machine, at most MAX_CHECKERS: at the end of a run many shards come back at once) take
+the shards over pipes (no helper thread either: `send` and `poll` are called by the loop
+itself), check each against the plan (storage/verify.py), commit it (storage/gather.py) and
+answer with the shard's stats, or why it was refused. A shard is in one checker at a time, and
+different shards' commits touch different files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 from collections.abc import Iterator
+from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +34,38 @@ Answer = tuple[str, int, Any]
 not read, it may run again) or ("uncommitted", shard, why: the output refused it)."""
 
 
+MAX_CHECKERS = 4
+
+
+class Checkers:
+    """The checking processes of one run, for the plan in the local output `output`."""
+
+    def __init__(self, output: str) -> None:
+        count = max(1, min(MAX_CHECKERS, os.cpu_count() or 1))
+        self.checkers = [Checker(output) for _ in range(count)]
+
+    def submit(self, shard: int, tar: Path, results: Path, stats: Path, worker: str) -> None:
+        least = min(self.checkers, key=lambda checker: len(checker.waiting))
+        least.submit(shard, tar, results, stats, worker)
+
+    def wait(self, seconds: float) -> None:
+        """Until an answer is ready (or a checker died), at most `seconds`."""
+        busy = [checker.connection for checker in self.checkers if checker.waiting]
+        if busy:
+            with contextlib.suppress(OSError):
+                mp_connection.wait(busy, seconds)
+
+    def answers(self) -> Iterator[Answer]:
+        for checker in self.checkers:
+            yield from checker.answers()
+
+    def close(self) -> None:
+        for checker in self.checkers:
+            checker.close()
+
+
 class Checker:
-    """The checking process of one run, for the plan in the local output `output`."""
+    """One checking process."""
 
     def __init__(self, output: str) -> None:
         context = mp.get_context("spawn")
@@ -46,11 +80,6 @@ class Checker:
     def submit(self, shard: int, tar: Path, results: Path, stats: Path, worker: str) -> None:
         self.waiting.add(shard)
         self.connection.send((shard, str(tar), str(results), str(stats), worker))
-
-    def wait(self, seconds: float) -> None:
-        """Until an answer is ready (or the process died), at most `seconds`."""
-        with contextlib.suppress(EOFError, OSError):
-            self.connection.poll(seconds)
 
     def answers(self) -> Iterator[Answer]:
         """The answers ready now (a process that died fails what it held)."""

@@ -37,7 +37,7 @@ from flowdc.core.version import __version__
 from flowdc.engines.base import Echo, Engine, EngineOutcome, Progress, ProgressSink
 from flowdc.engines.taskvine import manager as vine_manager
 from flowdc.engines.taskvine import worker
-from flowdc.engines.taskvine.checker import Checker
+from flowdc.engines.taskvine.checker import Checkers
 from flowdc.planning.plan import Plan
 
 TASK_RETRIES = 2
@@ -130,7 +130,7 @@ class _ShardRun:
         self.later: list[tuple[float, int]] = []  # refused shards, offered again after a delay
         self.running: dict[int, _Attempt] = {}
         self.checking: dict[int, _Attempt] = {}  # returned shards the checker holds
-        self.checker: Checker | None = None
+        self.checker: Checkers | None = None
         self.submitted: Counter[int] = Counter()
         self.failures: Counter[int] = Counter()
         self.rejections: Counter[int] = Counter()
@@ -148,7 +148,7 @@ class _ShardRun:
         self.plan_file = self.manager.declare_file(str(plan_path), cache=True, peer_transfer=False)
 
     def run(self) -> EngineOutcome:
-        self.checker = Checker(self.plan.output) if self.gathered else None
+        self.checker = Checkers(self.plan.output) if self.gathered else None
         try:
             while self.queue or self.running or self.later or self.checking:
                 now = time.monotonic()
