@@ -4,6 +4,10 @@
     .venv/bin/python benchmarks/ab.py --variant main=/tmp/flowdc-main/src --variant new=src \
         [--urls 10000] [--repeat 3] [--https] [--bare] [--extra "--resize_mode center_crop"]
 
+    # one tree, two output formats: --options gives one variant its own options
+    .venv/bin/python benchmarks/ab.py --variant wds=src --variant parquet=src \
+        --options parquet="--output_format parquet"
+
 Each variant is run as `python -m flowdc download` with PYTHONPATH set to its `src` folder (the
 same interpreter and packages), against nginx on 127.0.0.1-4 serving the generated pool
 (core_run.py), with throughput.py's list and shard size; --bare adds the bare aiohttp loop. Every
@@ -43,9 +47,13 @@ def main() -> int:
     parser.add_argument("--https", action="store_true")
     parser.add_argument("--bare", action="store_true", help="also run the bare aiohttp loop")
     parser.add_argument("--extra", default="", help="more `flowdc download` options")
+    parser.add_argument(
+        "--options", action="append", default=[], help="NAME=OPTIONS: more options for one variant"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     variants = dict(v.split("=", 1) for v in args.variant)
+    own = dict(o.split("=", 1) for o in args.options)
 
     work = Path(tempfile.mkdtemp(prefix="flowdc-ab-"))
     work.chmod(0o755)  # nginx's workers run as an unprivileged user
@@ -65,6 +73,7 @@ def main() -> int:
                 command = flowdc_download(
                     urls, "--output", str(out), "--shard_size", str(shard_size(args.urls)),
                     "--concurrent_downloads", str(args.concurrency), *args.extra.split(),
+                    *own.get(name, "").split(),
                 )  # fmt: skip
                 load = os.getloadavg()[0]
                 result = measure(command, {**env, "PYTHONPATH": str(Path(src).resolve())})

@@ -1,6 +1,6 @@
 """The CPU floor of a center-cropped 256 px sample: decode, resize and encode, nothing else.
 
-    .venv/bin/python benchmarks/pixel_floor.py [--pool 300] [--repeat 5]
+    .venv/bin/python benchmarks/pixel_floor.py [--pool 300] [--repeat 5] [--images DIR]
 
 On the JPEG pool that throughput.py serves (core_run.make_pool), times per image, in one thread
 (medians of --repeat passes over the pool): FLOW-DC's own steps (processing.py: Pillow decode with
@@ -10,6 +10,9 @@ imdecode, INTER_AREA resize, imencode quality 95). The sum of FLOW-DC's steps, p
 download that keeps the original bytes (throughput.py's wds-http case), is the least CPU a
 resized sample can cost; img2dataset's CPU per resized image divided by it is the most that the
 ratio of the two tools' images/s can be on a machine where both are CPU-bound.
+
+With --images DIR, the JPEGs of that folder (*.jpg) are timed instead of the generated pool: the
+wild bed's photo-like pool (benchmarks/wild.py, cached under ~/.cache/flowdc-wild) for instance.
 """
 
 from __future__ import annotations
@@ -86,10 +89,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=int, default=300)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--images", help="time the *.jpg of this folder instead of a made pool")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flowdc-pixels-") as folder:
         pool = Path(folder)
-        make_pool(pool, args.pool)
+        if args.images:
+            pool = Path(args.images)
+            args.pool = len(list(pool.glob("*.jpg")))
+        else:
+            make_pool(pool, args.pool)
         tools = {"FLOW-DC (Pillow)": steps(Path(sys.executable), pool, args.repeat, "pillow")}
         if I2D_PYTHON.exists():
             tools["img2dataset (OpenCV)"] = steps(I2D_PYTHON, pool, args.repeat, "opencv")

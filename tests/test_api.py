@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -105,6 +106,38 @@ def test_download_inside_a_running_event_loop(server: ImageServer, tmp_path: Pat
     assert (result.total, result.successful) == (7, 4)
     assert [f.status for f in fetched] == ["success", "success"]
     assert flowdc.results(tmp_path / "ds").num_rows == 7
+
+
+# A user's script as written: no `if __name__ == "__main__":`. Each import of it leaves a file
+# named after its process, so the test sees whether a worker ran the caller's code again.
+PLAIN_SCRIPT = """\
+import os, pathlib; pathlib.Path(f"imported-by-{{os.getpid()}}").touch()
+import flowdc
+r = flowdc.download(input={table!r}, output="ds", label="label", processes=2, shard_size=4,
+                    enable_rate_limiting=False, progress=False)
+print(r.ok)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "python -m", "python -c"])
+def test_download_from_a_plain_script_needs_no_main_guard(
+    server: ImageServer, tmp_path: Path, how: str
+) -> None:
+    """The local engine's workers start with no knowledge of the caller's main module: they
+    used to run a guard-free script again, and its second download failed on the lock."""
+    table, _ = url_table(server, tmp_path / "urls.parquet", good=8)
+    code = PLAIN_SCRIPT.format(table=str(table))
+    (tmp_path / "my_download.py").write_text(code, encoding="utf-8")
+    command = {
+        "script": [sys.executable, "my_download.py"],
+        "python -m": [sys.executable, "-m", "my_download"],
+        "python -c": [sys.executable, "-c", code],
+    }[how]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.splitlines() == ["True"], done.stdout + done.stderr
+    assert len(list(tmp_path.glob("imported-by-*"))) == 1  # the user's process only
+    assert len(list((tmp_path / "ds").glob("*_stats.json"))) == 3
 
 
 @pytest.fixture

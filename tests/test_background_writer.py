@@ -20,7 +20,7 @@ def test_samples_are_written_in_order_and_records_get_their_paths(tmp_path: Path
 
     async def main() -> None:
         for i, record in enumerate(records):
-            await writes.put(record, record["key"], "jpg", bytes([i]) * (100 + i), b"{}", None, i)
+            await writes.put(record, record["key"], "jpg", bytes([i]) * (100 + i), {}, None, i)
 
     asyncio.run(main())
     writes.close()

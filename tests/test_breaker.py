@@ -46,6 +46,25 @@ def test_breaker_opens_after_the_threshold_in_a_row() -> None:
     assert "probed again in 7 s" in breaker.describe(5.0)
 
 
+def test_a_host_never_answered_is_down_after_two_failed_connections() -> None:
+    """Two connections not made (refused, or no SYN answer) to a host that never answered mark
+    it down; once it has answered, the threshold holds again, and timeouts of requests that were
+    connected count towards the threshold only."""
+    breaker = Breaker(BreakerSettings(threshold=5, cooldown=10))
+    assert not breaker.doubtful()
+    assert not breaker.on_failure(0.0, 10.0, "no connection", no_connection=True)
+    assert breaker.doubtful()  # one request at a time until it answers or is marked down
+    assert breaker.on_failure(1.0, 11.0, "no connection", no_connection=True)
+    answered = Breaker(BreakerSettings(threshold=5, cooldown=10))
+    answered.on_answer()
+    for index in range(4):
+        assert not answered.on_failure(float(index), 10.0 + index, "refused", no_connection=True)
+    assert not answered.doubtful()
+    fresh = Breaker(BreakerSettings(threshold=5, cooldown=10))
+    assert not fresh.on_failure(0.0, 30.0, "timeout")
+    assert not fresh.on_failure(0.0, 30.0, "timeout")
+
+
 def test_failures_of_requests_sent_before_it_opened_do_not_lengthen_the_cooldown() -> None:
     breaker = Breaker(BreakerSettings(threshold=2, cooldown=10))
     breaker.on_failure(0.0, 5.0, "timeout")
@@ -269,3 +288,72 @@ def test_download_lists_hosts_down_and_retry_failed_takes_their_rows(
     assert len(results) == 300 and all(r["status"] == SUCCESS for r in results)
     overview = json.loads((output / "overview.json").read_text())
     assert overview["hosts_down"][DEAD]["urls_unavailable"] == 0  # the history stays
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An address whose SYNs go unanswered: a listening socket that never accepts, its accept
+    queue filled (Linux drops a SYN to a full queue); yields its host:port."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.9", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.9", port))  # in progress: the queue fills
+        fillers.append(filler)
+    time.sleep(0.2)
+    probe = socket.socket()
+    probe.settimeout(1.0)
+    try:
+        probe.connect(("127.0.0.9", port))
+        pytest.skip("a full accept queue does not drop SYNs here: no black hole to test with")
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    try:
+        yield f"127.0.0.9:{port}"
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+def refused_address() -> str:
+    """A loopback port nothing listens on: connections are refused."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.10", 0))
+        port = sock.getsockname()[1]
+    return f"127.0.0.10:{port}"
+
+
+def test_a_black_hole_and_a_refusing_host_cost_seconds_with_the_defaults(
+    dead_and_alive: ImageServer, black_hole: str
+) -> None:
+    """With the default timeout (30 s), threshold and cool-down: a host whose SYNs vanish is
+    marked down after two connections that were not made within the connect timeout (10 s),
+    a refusing host after two refusals, so both end in well under 30 s, their rows
+    host_unavailable and retryable. Before, a black hole cost about 2 minutes per process."""
+    refusing = refused_address()
+    holes = [f"http://{black_hole}/img/{i}.jpg" for i in range(40)]
+    refused = [f"http://{refusing}/img/{i}.jpg" for i in range(40)]
+    alive = [dead_and_alive.url(f"/img/{i % 40}.jpg", host=1) for i in range(20)]
+
+    async def work(fetcher: Fetcher) -> tuple[list[FetchResult], float]:
+        started = time.monotonic()
+        results = await fetch_urls(fetcher, holes + refused + alive)
+        return results, time.monotonic() - started
+
+    defaults = {"timeout": 30, "enable_rate_limiting": True, "retry_backoff_sec": 1}
+    results, seconds = with_fetcher(work, 32, None, **defaults)
+    assert [r.status for r in results[80:]] == [SUCCESS] * 20
+    for result in results[:80]:
+        assert result.status == HOST_UNAVAILABLE and result.retryable, result
+    assert "no connection within 10 s" in (results[0].error or "")
+    assert seconds < 20, f"{seconds:.1f} s"

@@ -395,7 +395,7 @@ def test_command_line_flag_overrides_the_config_file(tmp_path: Path, url_table: 
         timeout=120,
     )
 
-    assert fixed.returncode == 0, (fixed.stdout, fixed.stderr)
+    assert fixed.returncode == 3, (fixed.stdout, fixed.stderr)  # finished; every URL is dead
     assert "Traceback" not in fixed.stderr
     results = pq.read_table(output / "00000.parquet").to_pylist()
     assert [row["obs_id"] for row in results] == ["00123", "00124", "00125", "00126"]
@@ -442,7 +442,7 @@ def test_dashed_flags_and_dashed_config_keys_in_a_run(tmp_path: Path, url_table:
         timeout=120,
     )
 
-    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert done.returncode == 3, (done.stdout, done.stderr)  # finished, but every URL is dead
     first = pq.read_table(output / "00000.parquet")
     second = pq.read_table(output / "00001.parquet")
     assert (first.num_rows, second.num_rows) == (3, 1)

@@ -30,6 +30,7 @@ from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import PLAN_META, PLAN_TABLE
 from flowdc.engines.dask import slurm_cluster
 from flowdc.planning.inputs import InputTable
+from flowdc.storage import remote
 from flowdc.testserver import ImageServer
 from tests.conftest import QUICK_RUN, run_cli
 
@@ -259,6 +260,29 @@ def test_full_run_matches_the_local_engine(
         str(cluster.address),
     )
     assert again.returncode == 0 and "7 of 7 shard(s) already committed" in again.stderr
+
+
+def _repeated_urls(server: ImageServer, count: int) -> list[str]:
+    """Each of count/4 images in 4 rows spread over the list."""
+    return [server.url(f"img/{(i * 7) % (count // 4)}.jpg") for i in range(count)]
+
+
+def test_dask_workers_request_a_repeated_url_once(
+    cluster: Cluster, fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """Shards on two workers (two threads each) share only the output folder: a row whose URL
+    an earlier shard requests waits for that shard's commit and copies its sample."""
+    listing = _write_list(tmp_path / "list.parquet", _repeated_urls(fresh_server, 80))
+    done = run_cli(
+        "download", "--input", str(listing), "--output", str(tmp_path / "out"),
+        "--label", "label", "--shard_size", "8", "--no-enable_rate_limiting",
+        "--engine", "dask", "--scheduler", str(cluster.address),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(fresh_server.hits) == 20 and set(fresh_server.hits.values()) == {1}
+    assert _check_dataset(tmp_path / "out", 80) == {"success": 80}
+    overview = json.loads((tmp_path / "out" / "overview.json").read_text())
+    assert overview["download_summary"]["requests_saved_by_repeated_urls"] == 60
 
 
 def _start_download(listing: Path, output: Path, address: str, log: Path) -> subprocess.Popen:
@@ -538,6 +562,7 @@ def test_two_overlapping_runs_of_one_shard_commit_once(
         output=str(tmp_path / "out"),
         enable_rate_limiting=False,
         concurrent_downloads=2,
+        shard_size=10_000,  # one shard, whatever the machine's cores
     )
     (tmp_path / "out").mkdir()
     make_plan(config, InputTable(listing))
@@ -679,6 +704,59 @@ def test_object_storage_input_and_output(
     assert "storage_options" not in overview["script_inputs"]
     again = run_cli("download", *common, "--output", "s3://flowdc-test/out", env=s3)
     assert again.returncode == 0 and "3 of 3 shard(s) already committed" in again.stderr
+
+
+def test_object_storage_takes_parquet_output(
+    s3: dict[str, str], fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    fs = _s3fs(s3)
+    listing = _write_list(tmp_path / "list.parquet", _mixed_urls(fresh_server, 30))
+    common = ["--input", str(listing), "--label", "label", "--output_format", "parquet"]
+    common += ["--shard_size", "20", "--no-enable_rate_limiting", "--processes", "1"]
+    done = run_cli("download", *common, "--output", "s3://flowdc-test/pq", env=s3)
+    assert done.returncode == 0, done.stderr
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls("flowdc-test/pq")}
+    assert {"00000.images.parquet", "00001.images.parquet", "00001_stats.json"} <= names
+    local = _download_prefix(s3, "pq", tmp_path / "copy")
+    checked = run_cli("validate", str(local))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "27 samples" in checked.stdout  # 30 rows, 3 of them 404s
+
+
+def test_a_remote_shard_is_uploaded_samples_first_marker_last(
+    s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    uploaded: list[str] = []
+
+    class Recording(remote.RemoteStore):
+        def upload(self, local: Path, name: str) -> None:
+            uploaded.append(name)
+            super().upload(local, name)
+
+    for name in ("00003.images.parquet", "00003.parquet", "00003_stats.json"):
+        (tmp_path / name).write_bytes(b"x")
+    remote._upload_shard(Recording("s3://flowdc-test/order", None), tmp_path, 3)
+    assert uploaded == ["00003.images.parquet", "00003.parquet", "00003_stats.json"]
+
+
+def test_object_storage_requests_a_repeated_url_once(
+    s3: dict[str, str], fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """A repeat of an earlier shard's URL reads that shard's results and tar from the store."""
+    fs = _s3fs(s3)
+    listing = _write_list(tmp_path / "list.parquet", _repeated_urls(fresh_server, 80))
+    fs.put_file(str(listing), "flowdc-test/in3/list.parquet")
+    done = run_cli(
+        "download", "--input", "s3://flowdc-test/in3/list.parquet",
+        "--output", "s3://flowdc-test/out3", "--label", "label", "--shard_size", "8",
+        "--no-enable_rate_limiting", "--processes", "2", env=s3,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(fresh_server.hits) == 20 and set(fresh_server.hits.values()) == {1}
+    local = _download_prefix(s3, "out3", tmp_path / "copy")
+    assert _check_dataset(local, 80) == {"success": 80}
 
 
 def test_object_storage_with_dask_workers_and_storage_options(

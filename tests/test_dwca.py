@@ -492,6 +492,73 @@ def test_rows_without_licence_are_filtered(fresh_server: ImageServer, tmp_path: 
     assert server.hits["/img/11.jpg"] == 0 and server.hits["/img/12.jpg"] == 0
 
 
+FORMULAS = ['=HYPERLINK("http://evil.test","x")', "@SUM(1+1)", "+1+2", "-3+4", "\t=1+1",
+            "\r=1+1"]  # fmt: skip
+
+
+def _libreoffice_formulas(attribution: Path, scratch: Path) -> list[str]:
+    """The cells LibreOffice reads as formulas when it opens the CSV (converted to xlsx)."""
+    import openpyxl
+
+    office = shutil.which("soffice") or shutil.which("libreoffice")
+    if office is None:
+        pytest.skip("LibreOffice is not installed (Debian: libreoffice-calc-nogui)")
+    try:
+        subprocess.run(
+            [office, f"-env:UserInstallation=file://{scratch / 'profile'}", "--headless",
+             "--convert-to", "xlsx", "--outdir", str(scratch), str(attribution)],
+            capture_output=True, timeout=60, check=True,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.skip("LibreOffice took over a minute to convert one CSV")
+    book = openpyxl.load_workbook(scratch / "attribution.xlsx")
+    return [
+        f"{cell.coordinate}: {cell.value}"
+        for row in book.active.iter_rows()
+        for cell in row
+        if cell.data_type == "f"
+    ]
+
+
+def test_attribution_cells_never_start_a_formula(server: ImageServer, tmp_path: Path) -> None:
+    """attribution.csv is opened in spreadsheets: a creator, rights holder or title from the
+    list that starts like a formula is quoted (OWASP's CSV-injection rule), still readable; the
+    report shows the same text escaped."""
+    count = len(FORMULAS)
+    pq.write_table(
+        pa.table(
+            {
+                "url": [server.url(f"img/{i}.jpg") for i in range(count)],
+                "label": ['<img src=x onerror="alert(1)">'] * count,
+                "license": ["CC-BY"] * count,
+                "creator": FORMULAS,
+                "rightsHolder": FORMULAS[::-1],
+                "title": [f"{value} title" for value in FORMULAS],
+                "gbifID": pa.array(range(100, 100 + count), pa.int64()),  # a number, not text
+            }
+        ),
+        tmp_path / "urls.parquet",
+    )
+    output = tmp_path / "out"
+    result = flowdc.download(input=str(tmp_path / "urls.parquet"), output=str(output),
+                             label="label", **QUICK_RUN, progress=False)  # fmt: skip
+    assert result.successful == count
+    with open(output / "attribution.csv", encoding="utf-8", newline="") as handle:
+        cells = list(csv.reader(handle))
+    assert len(cells) == count + 1
+    starts = [c for line in cells for c in line if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert starts == []
+    lines = _attribution(output)
+    assert sorted(line["creator"] for line in lines) == sorted("'" + v for v in FORMULAS)
+    assert sorted(line["title"] for line in lines) == sorted(f"'{v} title" for v in FORMULAS)
+    assert sorted(line["source_record"] for line in lines) == [
+        f"https://www.gbif.org/occurrence/{100 + i}" for i in range(count)
+    ]
+    report = (output / "report.html").read_text(encoding="utf-8")
+    assert "<img src=x" not in report and "&lt;img src=x" in report
+    assert _libreoffice_formulas(output / "attribution.csv", tmp_path) == []
+
+
 def test_dask_engine_writes_the_same_attribution_and_filter(
     archive_run: dict[str, Any], tmp_path: Path
 ) -> None:

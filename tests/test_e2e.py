@@ -779,19 +779,41 @@ def check_imagefolder_complete(output: Path, rows: list[dict[str, str]]) -> None
     check_imagefolder_rules(output)
 
 
-@pytest.mark.parametrize("output_format", ["webdataset", "imagefolder"])
+def parquet_image_keys(output: Path) -> Counter[str]:
+    """How often each key is a row of the Parquet shards."""
+    return Counter(
+        key
+        for path in sorted(output.glob("*.images.parquet"))
+        for key in pq.read_table(path, columns=["key"]).column("key").to_pylist()
+    )
+
+
+def check_parquet_complete(output: Path, rows: list[dict[str, str]]) -> None:
+    by_key = check_results(output, rows, KILL_SHARD)
+    ok = successes(by_key)
+    assert len(ok) == len(rows)
+    keys = parquet_image_keys(output)
+    assert set(keys) == ok and set(keys.values()) == {1}
+    assert not temp_leftovers(output)
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "imagefolder", "parquet"])
 def test_resume_after_sigkill(server: ImageServer, tmp_path: Path, output_format: str) -> None:
     rows = slow_rows(server, KILL_ROWS)
     input_path = write_csv(tmp_path / "urls.csv", rows)
     output = tmp_path / "out"
     args = download_args(input_path, output, *KILL_OPTIONS, "--output_format", output_format)
     committed = kill_group_midway(args, output, tmp_path / "killed")
+    if output_format == "parquet":  # killed mid-shard: a shard's file was being written
+        assert [p for p in output.iterdir() if ".images.parquet.tmp-" in p.name]
 
     done = run_cli(*args, timeout=RUN_TIMEOUT)
     assert_ok(done)
     assert f"resuming: {committed} of {KILL_ROWS // KILL_SHARD}" in done.stderr, done.stderr
     if output_format == "webdataset":
         check_webdataset_complete(output, rows)
+    elif output_format == "parquet":
+        check_parquet_complete(output, rows)
     else:
         check_imagefolder_complete(output, rows)
 
@@ -907,7 +929,7 @@ def test_rerun_overwrite_and_foreign_output(fresh_server: ImageServer, tmp_path:
         assert sorted(str(p.relative_to(foreign)) for p in foreign.rglob("*")) == names
 
 
-@pytest.mark.parametrize("output_format", ["webdataset", "imagefolder"])
+@pytest.mark.parametrize("output_format", ["webdataset", "imagefolder", "parquet"])
 def test_overwrite_deletes_only_what_flowdc_made(
     fresh_server: ImageServer, tmp_path: Path, output_format: str
 ) -> None:
@@ -943,11 +965,15 @@ def test_overwrite_deletes_only_what_flowdc_made(
         assert (class_folder / "README.md").read_text() == "about this class"
         images = [p for p in output.rglob("*.jpg")]
         assert len(images) == 4  # the old run's 12 are gone
+    elif output_format == "parquet":
+        assert sum(parquet_image_keys(output).values()) == 4
+        assert [p.name for p in output.glob("*.images.parquet")] == ["00000.images.parquet"]
     else:
         assert len(load_webdataset(output)) == 4
     assert made_before - {p.name for p in output.iterdir()} <= {
         "00001.tar", "00001.parquet", "00001_stats.json", "00002.tar",
         "00002.parquet", "00002_stats.json", "c0", "c1",
+        "00001.images.parquet", "00002.images.parquet",
     }  # fmt: skip
 
 

@@ -535,6 +535,22 @@ def test_malformed_responses_record_no_http_status() -> None:
             assert raw.hits[path] == 2, (path, raw.hits)
 
 
+def test_a_server_that_answers_garbage_every_time_gets_one_retry() -> None:
+    """A malformed answer is likely the server's habit: one retry tells a glitch from it, more
+    only load the server (it was retried max_retry_attempts times)."""
+    answers = {
+        "/garbage": b"HELLO THERE\r\n\r\n",
+        "/huge-headers": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n",
+        "/many-headers": b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n",
+    }
+    with RawServer(answers) as raw:
+        results = fetch_many([raw.url(path) for path in answers], max_retry_attempts=3)
+        for path, result in zip(answers, results, strict=True):
+            assert result.error.startswith("malformed response"), (path, result.error)
+            assert (result.attempts, result.retryable) == (2, False), (path, result)
+            assert raw.hits[path] == 2, (path, raw.hits)
+
+
 def test_redirect_with_raw_latin1_bytes_is_percent_encoded(images: dict[str, bytes]) -> None:
     body = images["0.jpg"]
     answers = {

@@ -885,7 +885,7 @@ def test_reserved_input_column_names_get_input_prefix(tmp_path: Path) -> None:
         encoding="utf-8",
     )
 
-    plan, table = plan_for(tmp_path, path, url="image_url", label="species")
+    plan, table = plan_for(tmp_path, path, url="image_url", label="species", shard_size=10_000)
 
     assert plan.extra_columns == {
         "input_label": "label",

@@ -1,8 +1,8 @@
 """Croissant, overview, report and validate on real downloads from the test server.
 
-Four outputs are made once per module by the real CLI (webdataset and imagefolder, basic and
-comprehensive Croissant); mlcroissant validates and loads them, `flowdc validate` checks them
-whole and broken by hand, and report.html is opened in headless Chromium.
+Five outputs are made once per module by the real CLI (webdataset and imagefolder, basic and
+comprehensive Croissant; parquet, comprehensive); mlcroissant validates and loads them, `flowdc
+validate` checks them whole and broken by hand, and report.html is opened in headless Chromium.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ COMBOS = [
     ("webdataset", "comprehensive_croissant"),
     ("imagefolder", "basic_croissant"),
     ("imagefolder", "comprehensive_croissant"),
+    ("parquet", "comprehensive_croissant"),
 ]
 SHARD = 9
 
@@ -254,6 +255,20 @@ def test_basic_croissant_lists_every_shard_with_its_sha256(outputs: dict[str, Pa
     assert "rai:dataCollection" not in doc and "keywords" not in doc
 
 
+def test_parquet_croissant_lists_every_image_shard_and_no_tar(outputs: dict[str, Path]) -> None:
+    output = outputs["parquet-comprehensive_croissant"]
+    doc = json.loads((output / "croissant.json").read_text(encoding="utf-8"))
+    objects = {d["contentUrl"]: d for d in doc["distribution"] if d["@type"] == "cr:FileObject"}
+    shards = sorted(p.name for p in output.glob("*.images.parquet"))
+    tables = sorted(p.name for p in output.glob("[0-9][0-9][0-9][0-9][0-9].parquet"))
+    assert sorted(objects) == sorted(shards + tables) and len(shards) == 3
+    images = next(d for d in doc["distribution"] if d["@id"] == "images")
+    assert images["includes"] == "*.images.parquet"
+    classes = next(r for r in doc["recordSet"] if r["@id"] == "classes")
+    labels = json.loads((output / "labels.json").read_text(encoding="utf-8"))
+    assert [row["classes/index"] for row in classes["data"]] == [e["index"] for e in labels]
+
+
 def test_own_checks_name_what_mlcroissant_does_not_check() -> None:
     doc = {"name": "x", "description": "y", "url": "https://e.org", "creator": {"name": "z"}}
     assert check_croissant(doc) == []
@@ -348,7 +363,14 @@ def test_overview_merges_the_limiters_host_stats_when_present() -> None:
 
 
 # -- validate ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("combo", ["webdataset-basic_croissant", "imagefolder-basic_croissant"])
+@pytest.mark.parametrize(
+    "combo",
+    [
+        "webdataset-basic_croissant",
+        "imagefolder-basic_croissant",
+        "parquet-comprehensive_croissant",
+    ],
+)
 def test_validate_accepts_a_good_dataset(outputs: dict[str, Path], combo: str) -> None:
     done = run_cli("validate", str(outputs[combo]))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -402,6 +424,23 @@ def test_validate_names_a_deleted_tar_and_a_stray_file(
     assert f"{stray.parent.name}/9999999.jpg: not a committed sample" in done.stdout
 
 
+def test_validate_names_a_key_of_another_shard_and_a_repeated_key(
+    outputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Keys are checked against the plan one shard at a time (no table of every key seen)."""
+    output = _copy(outputs, "webdataset-basic_croissant", tmp_path)
+    table = pq.read_table(output / "00001.parquet")
+    keys = table.column("key").to_pylist()
+    foreign, repeated = f"00000{keys[0][5:]}", keys[1]
+    keys[0], keys[2] = foreign, repeated
+    table = table.set_column(table.schema.get_field_index("key"), "key", pa.array(keys))
+    pq.write_table(table, output / "00001.parquet")
+    done = run_cli("validate", str(output))
+    assert done.returncode == 1, done.stdout
+    assert f"00001.parquet: key {foreign} is not a key of shard 1" in done.stdout
+    assert f"00001.parquet: key {repeated} is there twice" in done.stdout
+
+
 def test_validate_rejects_a_folder_that_is_no_output(tmp_path: Path) -> None:
     done = run_cli("validate", str(tmp_path))
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -409,7 +448,14 @@ def test_validate_rejects_a_folder_that_is_no_output(tmp_path: Path) -> None:
 
 
 # -- report ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("combo", ["webdataset-basic_croissant", "imagefolder-basic_croissant"])
+@pytest.mark.parametrize(
+    "combo",
+    [
+        "webdataset-basic_croissant",
+        "imagefolder-basic_croissant",
+        "parquet-comprehensive_croissant",
+    ],
+)
 def test_report_has_every_section_and_needs_no_network(
     outputs: dict[str, Path], combo: str
 ) -> None:
@@ -431,6 +477,49 @@ def test_flowdc_report_rewrites_the_page(outputs: dict[str, Path], tmp_path: Pat
     done = run_cli("report", str(output))
     assert done.returncode == 0, done.stderr
     assert (output / "report.html").read_text(encoding="utf-8").count("<section") == len(SECTIONS)
+
+
+def _time_bins_of(rows: list[dict[str, Any]]) -> tuple[list[int], list[int], list[float]]:
+    """The report's time bins computed from all rows at once, as report.py did before it read
+    one shard at a time."""
+    times = [row["fetched_at"].timestamp() for row in rows]
+    start, span = min(times), max(max(times) - min(times), 1e-3)
+    bins = min(40, max(1, len(times) // 4))
+    good, bad, megabytes = [0] * bins, [0] * bins, [0.0] * bins
+    for when, row in zip(times, rows, strict=True):
+        index = min(int((when - start) / span * bins), bins - 1)
+        if row["status"] == "success":
+            good[index] += 1
+            megabytes[index] += (row["bytes"] or 0) / 1e6
+        else:
+            bad[index] += 1
+    return good, bad, megabytes
+
+
+@pytest.mark.parametrize("combo", ["webdataset-basic_croissant", "imagefolder-basic_croissant"])
+def test_report_figures_read_shard_by_shard_equal_those_of_the_whole_table(
+    outputs: dict[str, Path], combo: str
+) -> None:
+    from flowdc.metadata.report_figures import gather
+    from flowdc.metadata.tables import read_stats
+    from flowdc.planning.plan import Plan
+
+    plan = Plan.load(outputs[combo])
+    assert plan is not None and plan.shard_count >= 3
+    figures = gather(plan, read_stats(plan))
+    rows = _results(outputs[combo])
+    good, bad, megabytes = _time_bins_of(rows)
+    assert (figures.time.good, figures.time.bad) == (good, bad)
+    assert figures.time.mb_per_s == pytest.approx([mb / figures.time.width for mb in megabytes])
+    stored = [row for row in rows if row["status"] == "success"]
+    assert figures.stored == Counter(row["shard"] for row in stored)
+    for (counts, edges), name in ((figures.widths, "width"), (figures.heights, "height")):
+        values = sorted(row[name] for row in stored if row[name])
+        low, high = values[0], values[min(len(values) - 1, int(len(values) * 0.99))]
+        assert sum(counts) == len(values) and edges[0] == low
+        assert edges[-1] == pytest.approx(high if high > low else low + 1)
+    sizes = sorted(row["bytes"] / 1024 for row in stored)
+    assert sum(figures.sizes[0]) == len(sizes) and figures.sizes[1][0] == sizes[0]
 
 
 def _chromium(page: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:

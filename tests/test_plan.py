@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import flowdc
+from flowdc.config.loading import build_config
 from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import PLAN_META
+from flowdc.planning.inputs import InputTable
+from flowdc.planning.plan import make_plan, shard_size_for
 from flowdc.testserver import ImageServer
 from tests.conftest import QUICK_RUN, parquet_url_table
 
@@ -73,3 +78,59 @@ def test_resume_of_an_output_planned_before_settings_were_recorded(
 
     again = flowdc.download(input=str(source), output=str(output), dedupe=True, **QUICK_RUN)
     assert again.successful == 4
+
+
+# -- shard sizes: a short list keeps every process busy -------------------------------------------
+def _csv_list(path: Path, rows: int) -> Path:
+    path.write_text("url\n" + "".join(f"http://h{i % 7}.test/{i}.jpg\n" for i in range(rows)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "processes", "given", "shards", "size"),
+    [
+        (3000, 2, None, 4, 750),  # was one shard of 3000: one process of two worked
+        (3000, 1, None, 1, 3000),  # one process runs its shards together anyway
+        (3001, 4, None, 8, 376),
+        (5, 4, None, 5, 1),
+        (100_000, 2, None, 10, 10_000),  # long enough for default shards
+        (3000, 2, 3000, 1, 3000),  # --shard_size given: kept
+    ],
+)
+def test_a_short_list_is_cut_into_shards_for_every_process(
+    tmp_path: Path, rows: int, processes: int, given: int | None, shards: int, size: int
+) -> None:
+    options = {"shard_size": given} if given else {}
+    config = build_config(
+        {"input": str(_csv_list(tmp_path / "urls.csv", rows)), "output": str(tmp_path / "ds")},
+        {"processes": processes, "concurrent_downloads": 64, **options},
+    )
+    (tmp_path / "ds").mkdir()
+    plan = make_plan(config, InputTable(config.input))
+
+    assert (plan.shard_count, plan.shard_size, plan.total_rows) == (shards, size, rows)
+    assert sum(plan.shard_rows(shard) for shard in range(shards)) == rows
+    assert plan.key_width == len(str(size - 1))
+    assert shard_size_for(config, rows) == size
+
+
+def test_every_process_gets_a_shard_of_a_short_list(
+    fresh_server: ImageServer, tmp_path: Path
+) -> None:
+    """40 URLs and two processes: four shards, run by both processes; a rerun with the same
+    command (no --shard_size) resumes the plan instead of refusing it."""
+    # each answer waits a second: a shard takes as long, so a process cannot take them all
+    urls = [fresh_server.url(f"slow/1/{i % 8}.jpg", host=i % 2) for i in range(40)]
+    source = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": urls}), source)
+    options = {**QUICK_RUN, "processes": 2}
+    options.pop("shard_size")
+
+    first = flowdc.download(input=source, output=tmp_path / "ds", **options)
+
+    assert (first.total, first.successful) == (40, 40)
+    markers = [json.loads(p.read_text()) for p in sorted((tmp_path / "ds").glob("*_stats.json"))]
+    assert [marker["rows"] for marker in markers] == [10, 10, 10, 10]
+    assert len({marker["worker"] for marker in markers}) == 2
+    again = flowdc.download(input=source, output=tmp_path / "ds", **options)
+    assert again.successful == 40

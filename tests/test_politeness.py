@@ -19,7 +19,13 @@ from flowdc.shard.fetch.client import Fetcher
 from flowdc.shard.fetch.http import FetchResult
 from flowdc.testserver import HostPolicy, ImageServer
 from tests.conftest import run_cli
-from tests.test_e2e import assert_ok, check_tar_layout, read_results, write_csv
+from tests.test_e2e import (
+    assert_ok,
+    check_tar_layout,
+    parquet_image_keys,
+    read_results,
+    write_csv,
+)
 
 HOST_A, HOST_B = "127.0.0.5", "127.0.0.6"
 
@@ -212,7 +218,7 @@ def test_stats_and_overview_have_per_host_figures(policed: ImageServer, tmp_path
     assert per_host[HOST_B]["rows"] == 11 and per_host[HOST_B]["successes"] == 10
 
 
-@pytest.mark.parametrize("output_format", ["webdataset", "imagefolder"])
+@pytest.mark.parametrize("output_format", ["webdataset", "imagefolder", "parquet"])
 def test_retry_failed_fetches_only_the_retryable_rows(
     policed: ImageServer, tmp_path: Path, output_format: str
 ) -> None:
@@ -249,6 +255,11 @@ def test_retry_failed_fetches_only_the_retryable_rows(
     if output_format == "webdataset":
         samples = check_tar_layout(output)  # each key once, grouped
         assert len(samples) == 10
+    elif output_format == "parquet":
+        stored = parquet_image_keys(output)
+        assert set(stored) == {r["key"] for r in second if r["status"] == "success"}
+        assert set(stored.values()) == {1}
+        assert_ok(run_cli("validate", str(output)))
     else:
         stored = [p for p in output.rglob("*.jpg")]
         assert len(stored) == 10

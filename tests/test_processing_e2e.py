@@ -73,9 +73,8 @@ def test_dedupe_in_imagefolder(server: ImageServer, tmp_path: Path) -> None:
     rows = [{"url": server.url(f"img/{n % 3}.jpg") + f"?r={n}", "label": "a"} for n in range(9)]
     source = write_csv(tmp_path / "in.csv", rows)
     output = tmp_path / "out"
-    assert_ok(
-        download(source, output, "--label", "label", "--output_format", "imagefolder", "--dedupe")
-    )
+    options = ["--label", "label", "--output_format", "imagefolder", "--dedupe"]
+    assert_ok(download(source, output, *options, "--shard_size", "10000"))
     by_key = check_results(output, rows, 10_000)
     assert sorted(row["status"] for row in by_key.values()).count("success") == 3
     assert len(image_files(output)) == 3
@@ -99,7 +98,7 @@ def test_verify_hash(server: ImageServer, images: dict[str, bytes], tmp_path: Pa
     # resizing too: the hash is of the downloaded bytes, not of what is stored
     done = download(
         source, output, "--verify_hash", "expected", "--resize_mode", "keep_ratio", "--image_size",
-        "16",
+        "16", "--shard_size", "10000",
     )  # fmt: skip
     assert_ok(done)
     by_key = check_results(output, rows, 10_000)
@@ -127,7 +126,7 @@ def test_resized_webdataset_loads_with_the_promised_sizes(
     output = tmp_path / "out"
     done = download(
         source, output, "--label", "label", "--resize_mode", "center_crop", "--image_size", "32",
-        "--encode_format", "webp", "--min_image_size", "40",
+        "--encode_format", "webp", "--min_image_size", "40", "--shard_size", "10000",
     )  # fmt: skip
     assert_ok(done)
     by_key = check_results(output, rows, 10_000)

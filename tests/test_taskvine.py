@@ -309,8 +309,12 @@ def _write_list(path: Path, urls: list[str]) -> Path:
 
 
 def _mixed_urls(server: ImageServer, count: int) -> list[str]:
+    """Distinct URLs (a query per row): a repeated URL is fetched once per run by the local
+    engine but once per shard by a gathered one (a worker sees its own shard only)."""
     return [
-        server.url(f"status/404/{i}.jpg") if i % 10 == 3 else server.url(f"img/{i % 60}.jpg", i % 2)
+        server.url(f"status/404/{i}.jpg")
+        if i % 10 == 3
+        else server.url(f"img/{i % 60}.jpg", i % 2) + f"?row={i}"
         for i in range(count)
     ]
 

@@ -96,7 +96,7 @@ def test_a_shard_larger_than_the_buffer_reads_back_whole(tmp_path: Path) -> None
     writer = TarShardWriter(tmp_path, 3)
     bodies = {f"{i:04d}": bytes([i]) * (150_000 + 511 * i) for i in range(40)}  # 6 MB
     for key, body in bodies.items():
-        writer.add(key, "jpg", body, b"{}", "cat", 0)
+        writer.add(key, "jpg", body, {}, "cat", 0)
     writer.commit()
     tar = tmp_path / "00003.tar"
     assert tar.stat().st_size % tarfile.RECORDSIZE == 0

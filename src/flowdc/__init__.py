@@ -5,6 +5,7 @@ The public API (docs/user-guide.md, "Python and notebooks"):
 - `download(config=None, **options) -> DownloadResult`: `flowdc download` as a function
 - `fetch(url, **options) -> Fetched`, `fetch_many(urls, **options) -> list[Fetched]`
 - `results(output) -> pyarrow.Table`, `results_dataframe(output) -> pandas.DataFrame`
+- `split(output, ratios, by=None, group=None, seed=0) -> dict`: `flowdc split` as a function
 - `DownloadConfig`: every option; `FlowDCError`: the one exception for bad input
 
 Names are imported on first use, so `import flowdc` stays cheap for worker processes.
@@ -20,6 +21,7 @@ _EXPORTS = {
     "fetch_many": "flowdc.api",
     "results": "flowdc.api",
     "results_dataframe": "flowdc.api",
+    "split": "flowdc.api",
     "DownloadResult": "flowdc.api",
     "Fetched": "flowdc.api",
     "DownloadConfig": "flowdc.config.options",

@@ -1,8 +1,10 @@
-"""The Python API, re-exported from the package root: download, fetch, fetch_many, results.
+"""The Python API, re-exported from the package root: download, fetch, fetch_many, results,
+split.
 
 `download` is the CLI's `flowdc download` as a function; `fetch` and `fetch_many` get a few URLs
 with the same politeness, retries and image checks, writing nothing; `results` reads a dataset's
-results tables back. Bad input raises FlowDCError with a one-line message.
+results tables back (with each sample's split, once `split` made one). Bad input raises
+FlowDCError with a one-line message.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowdc.config.groups import OPTION_GROUPS
 from flowdc.config.loading import build_config, read_config_file
-from flowdc.config.options import DownloadConfig
+from flowdc.config.options import UNVERIFIED_TLS_WARNING, DownloadConfig
 from flowdc.core.errors import FlowDCError, ImageRejected
 from flowdc.core.images import inspect_image
 from flowdc.core.status import SUCCESS
@@ -215,6 +218,8 @@ def fetch_many(urls: Iterable[str], **options: Any) -> list[Fetched]:
     config = _fetch_config(options)
     if not url_list:
         return []
+    if not config.verify_tls:
+        print(UNVERIFIED_TLS_WARNING, file=sys.stderr)
     return run_sync(_fetch_all(url_list, config))
 
 
@@ -224,11 +229,14 @@ def fetch(url: str, **options: Any) -> Fetched:
 
 
 def results(output: str | os.PathLike[str]) -> pa.Table:
-    """The results tables of a dataset's committed shards, as one pyarrow Table."""
+    """The results tables of a dataset's committed shards, as one pyarrow Table; once the output
+    is split, with a `split` column (train, validation, test; empty for a row with no stored
+    sample, and for a sample stored after the split was made)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from flowdc.core.layout import is_committed, results_path
+    from flowdc.core.layout import SPLITS_FILE, SPLITS_SUMMARY, is_committed, results_path
     from flowdc.planning.plan import Plan
 
     folder = Path(output)
@@ -244,7 +252,32 @@ def results(output: str | os.PathLike[str]) -> pa.Table:
     ]
     if not files:
         raise FlowDCError(f"no shard of {folder} is committed yet; run the download (again)")
-    return pa.concat_tables(pq.read_table(file) for file in files)
+    table = pa.concat_tables(pq.read_table(file) for file in files)
+    if not (folder / SPLITS_SUMMARY).is_file():  # no split, or one that did not finish
+        return table
+    splits = pq.read_table(folder / SPLITS_FILE)  # joined by position: the rows keep their order
+    where = pc.index_in(table.column("key"), value_set=splits.column("key"))
+    return table.append_column("split", pc.take(splits.column("split"), where))
+
+
+def split(
+    output: str | os.PathLike[str],
+    ratios: str | Iterable[float] = "0.8,0.1,0.1",
+    *,
+    by: str | None = None,
+    group: str | Iterable[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`flowdc split`: split the stored samples of a download's output into train, validation
+    and test (two ratios: train and test), stratified by `by` (default: the label column),
+    keeping equal `group` values and identical images in one split. Returns the summary
+    written to splits.json (counts per split and class, the leakage check)."""
+    from flowdc.metadata.commands import split_output
+    from flowdc.metadata.split_output import SplitRequest
+
+    ratio_values = ratios if isinstance(ratios, str) else list(ratios)
+    groups = group if group is None or isinstance(group, str) else list(group)
+    return split_output(os.fspath(output), SplitRequest.parse(ratio_values, by, groups, seed))
 
 
 def results_dataframe(output: str | os.PathLike[str]) -> pandas.DataFrame:

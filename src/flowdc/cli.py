@@ -1,4 +1,4 @@
-"""The `flowdc` command: download, demo, report, validate.
+"""The `flowdc` command: download, demo, report, validate, split.
 
 Errors a user can fix are one line, never a traceback.
 """
@@ -15,7 +15,23 @@ from flowdc.config.groups import OPTION_GROUPS
 from flowdc.config.loading import build_config, read_config_file
 from flowdc.config.options import DownloadConfig
 from flowdc.core.errors import FlowDCError
+from flowdc.core.status import CLASS_CAPPED, CLASS_TOO_SMALL
 from flowdc.core.version import __version__
+
+# The exit statuses of `flowdc download`, for a pipeline to act on (also in its --help epilog).
+EXIT_FINISHED = 0
+EXIT_NOT_FINISHED = 1  # a shard failed, or the disk did: the same command resumes
+EXIT_USAGE = 2  # a bad option, config file or input
+EXIT_NOTHING_DOWNLOADED = 3
+EXIT_BELOW_MIN_SUCCESS_RATE = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM, as a shell reports SIGINT
+DOWNLOAD_EXIT_STATUSES = (
+    f"exit status: {EXIT_FINISHED} the run finished; {EXIT_NOT_FINISHED} it did not finish (a "
+    f"shard failed, a full disk): run the same command again; {EXIT_USAGE} a bad option, config "
+    f"file or input; {EXIT_NOTHING_DOWNLOADED} it finished but no image was downloaded; "
+    f"{EXIT_BELOW_MIN_SUCCESS_RATE} it finished below --min_success_rate; {EXIT_INTERRUPTED} "
+    f"interrupted (Ctrl-C, SIGTERM): run the same command again to resume."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Download the images of a URL table into a WebDataset or ImageFolder dataset."
         " Every option can also be a key of the --config JSON file; options may be written "
         "--with_underscores or --with-dashes.",
+        epilog=DOWNLOAD_EXIT_STATUSES,
         allow_abbrev=False,
     )
     _add_download_options(download)
@@ -111,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output_format",
         "--output-format",
         dest="output_format",
-        choices=["webdataset", "imagefolder"],
+        choices=["webdataset", "imagefolder", "parquet"],
         default="webdataset",
         help="dataset format (default: webdataset)",
     )
@@ -140,6 +157,31 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     validate.add_argument("output", metavar="OUTPUT", help="the --output folder of a download")
+    split = commands.add_parser(
+        "split",
+        help="split the stored samples into train/validation/test, keeping groups together",
+        description="Write the split of every stored sample (splits.parquet, splits.json, one "
+        "list per split, and for ImageFolder the folders NAME-splits/train/LABEL/... beside the "
+        "output), stratified by class; samples of one group and identical images (same sha256, "
+        "or duplicate_of) always share a split. Deterministic for a seed.",
+        allow_abbrev=False,
+    )
+    split.add_argument("output", metavar="OUTPUT", help="the --output folder of a download")
+    split.add_argument(
+        "--ratios",
+        required=True,
+        help="train,validation,test shares, such as 0.8,0.1,0.1 (two values: train,test)",
+    )
+    split.add_argument(
+        "--by", metavar="COLUMN", help="column to stratify by (default: the --label column)"
+    )
+    split.add_argument(
+        "--group",
+        metavar="COLUMN",
+        help="column(s), comma-separated, whose equal values must share a split (an "
+        "occurrence, an observer, a site)",
+    )
+    split.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
     return parser
 
 
@@ -157,7 +199,35 @@ def _download(args: argparse.Namespace, standalone: bool) -> int:
         without_pandas()
     summary = run_download(config)
     _print_summary(summary)
-    return 1 if summary.shard_errors else 0
+    return _exit_status(summary, config)
+
+
+def _exit_status(summary: Any, config: DownloadConfig) -> int:
+    """Finished or not, and for a finished run whether it made what a pipeline needs."""
+    if summary.shard_errors:
+        return EXIT_NOT_FINISHED
+    overview = summary.overview["download_summary"]
+    if overview["successful"] == 0:
+        print(
+            f"flowdc: no image was downloaded (exit status {EXIT_NOTHING_DOWNLOADED})",
+            file=sys.stderr,
+        )
+        return EXIT_NOTHING_DOWNLOADED
+    # rows the class sampling left out were never requested: no failure of the run
+    breakdown = summary.overview.get("error_breakdown") or {}
+    requested = overview["processed"] - sum(
+        breakdown.get(s, 0) for s in (CLASS_CAPPED, CLASS_TOO_SMALL)
+    )
+    wanted = config.min_success_rate
+    if wanted is not None and overview["successful"] < wanted * requested:
+        print(
+            f"flowdc: {100 * overview['successful'] / requested:.1f}% of the requested rows gave "
+            f"an image, below --min_success_rate {wanted} "
+            f"(exit status {EXIT_BELOW_MIN_SUCCESS_RATE})",
+            file=sys.stderr,
+        )
+        return EXIT_BELOW_MIN_SUCCESS_RATE
+    return EXIT_FINISHED
 
 
 def _print_summary(summary: Any) -> None:
@@ -236,6 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from flowdc.metadata.commands import run_report, run_validate
 
             return (run_report if args.command == "report" else run_validate)(args.output)
+        if args.command == "split":
+            from flowdc.metadata.commands import run_split
+            from flowdc.metadata.split_output import SplitRequest
+
+            request = SplitRequest.parse(args.ratios, args.by, args.group, args.seed)
+            return run_split(args.output, request)
     except FlowDCError as error:
         from flowdc.core.errors import Interrupted
 
@@ -243,10 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"flowdc: error: {error}" if not isinstance(error, Interrupted) else f"flowdc: {error}",
             file=sys.stderr,
         )
-        return 130 if isinstance(error, Interrupted) else 2
+        return EXIT_INTERRUPTED if isinstance(error, Interrupted) else EXIT_USAGE
     except KeyboardInterrupt:
         print("flowdc: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as error:  # a full disk, a read-only output, a vanished network share
         where = f" ({error.filename})" if error.filename else ""
         print(
@@ -254,5 +330,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"command again to resume",
             file=sys.stderr,
         )
-        return 1
-    return 2
+        return EXIT_NOT_FINISHED
+    return EXIT_USAGE

@@ -124,5 +124,10 @@ def _show(target: Path, overview: dict, output_format: str) -> None:
             f"wds.WebDataset('{target}/{{00000..{overview['shards']['total'] - 1:05d}}}.tar')"
             ".decode('pil')"
         )
+    elif output_format == "parquet":
+        print(
+            "load it:  datasets.load_dataset('parquet', "
+            f"data_files='{target}/*.images.parquet', split='train')"
+        )
     else:
         print(f"load it:  datasets.load_dataset('imagefolder', data_dir='{target}')")

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flowdc.config.options import DownloadConfig
+from flowdc.config.options import UNVERIFIED_TLS_WARNING, DownloadConfig
 from flowdc.core.errors import FlowDCError, Interrupted
 from flowdc.core.layout import (
     ATTRIBUTION_FILE,
@@ -36,6 +36,7 @@ from flowdc.planning.plan import (
     check_columns,
     check_plan_matches,
     make_plan,
+    shard_size_for,
     write_labels_file,
 )
 from flowdc.shard.retry import retry_rows
@@ -154,10 +155,14 @@ class _ProgressBar:
 
 def run_download(config: DownloadConfig, echo: Echo = _stderr) -> RunSummary:
     """Run or resume the download that `config` describes."""
+    if not config.verify_tls:
+        echo(UNVERIFIED_TLS_WARNING)
     with tempfile.TemporaryDirectory(prefix="flowdc-") as staging:
         local_input = stage_input(config.input, config.storage_options, Path(staging))
         table = InputTable(
-            local_input, config.input_format, wanted=(config.label, config.verify_hash)
+            local_input,
+            config.input_format,
+            wanted=(config.label, config.verify_hash, *config.split_columns()),
         )
         check_columns(config, table)
         if is_remote(config.output):
@@ -209,7 +214,7 @@ def _shards_before_planning(config: DownloadConfig, table: InputTable) -> int:
         rows = pq.ParquetFile(table.path).metadata.num_rows
     except (OSError, pa.ArrowException):
         return 0  # the planning reports what is wrong with the input
-    return -(-rows // config.shard_size)
+    return -(-rows // shard_size_for(config, rows))
 
 
 def _source(config: DownloadConfig) -> str | None:

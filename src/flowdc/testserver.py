@@ -16,6 +16,7 @@ and stops with the object. Paths:
 - /redirect/N/NAME          N redirects, then the image
 - /redirect-loop/NAME       a redirect to itself
 - /redirect-file/NAME       a redirect to file:///etc/passwd
+- /goto?to=URL              a redirect to URL
 - /robots/DIRECTIVES/NAME   the image with `X-Robots-Tag: DIRECTIVES`
 
 A host may also be given a HostPolicy: a hidden capacity (a token bucket above which it answers
@@ -209,6 +210,7 @@ class ImageServer:
         app.router.add_get("/redirect/{n}/{name}", self._redirect)
         app.router.add_get("/redirect-loop/{name}", self._redirect_loop)
         app.router.add_get("/redirect-file/{name}", self._redirect_file)
+        app.router.add_get("/goto", self._goto)
         app.router.add_get("/robots/{directives}/{name}", self._robots)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -334,6 +336,9 @@ class ImageServer:
 
     async def _redirect_file(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("file:///etc/passwd")
+
+    async def _goto(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(request.query["to"])
 
     async def _robots(self, request: web.Request) -> web.StreamResponse:
         response = self._image_response(request.match_info["name"])

@@ -21,6 +21,8 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "retry_failed",
         "host_failure_threshold",
         "host_cooldown",
+        "verify_tls",
+        "allow_private_redirects",
     ),
     "politeness (per host)": (
         "user_agent",
@@ -46,7 +48,9 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "dedupe",
     ),
     "licences and attribution": ("license_col", "license_filter"),
-    "machine use": ("processes", "progress"),
+    "rows per class": ("max_per_class", "min_per_class", "seed"),
+    "machine use": ("processes", "max_memory", "progress"),
+    "exit status": ("min_success_rate",),
     "distributed": (
         "engine",
         "listen",
@@ -74,4 +78,5 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
         "dataset_citation",
         "dataset_keywords",
     ),
+    "training splits": ("split", "split_by", "split_group", "split_seed"),
 }

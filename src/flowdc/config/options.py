@@ -17,10 +17,11 @@ from flowdc.config.listen import DEFAULT_PORT, parse_listen
 from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import is_remote
 from flowdc.core.licenses import LicenseFilter, split_filter
+from flowdc.core.split_ratios import parse_ratios
 from flowdc.core.version import __version__
 
 InputFormat = Literal["parquet", "csv", "tsv", "txt", "json", "jsonl", "xml", "xlsx", "xls", "dwca"]
-OutputFormat = Literal["webdataset", "imagefolder"]
+OutputFormat = Literal["webdataset", "imagefolder", "parquet"]
 CroissantLevel = Literal["no_croissant", "basic_croissant", "comprehensive_croissant"]
 Engine = Literal["local", "dask", "slurm", "taskvine"]
 ResizeMode = Literal["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]
@@ -30,6 +31,12 @@ PILLOW_PIXEL_LIMIT = 178_956_970
 
 PROJECT_URL = "https://github.com/flowdc/flowdc"
 DEFAULT_USER_AGENT = f"FLOW-DC/{__version__} (+{PROJECT_URL}; image dataset downloader)"
+
+
+UNVERIFIED_TLS_WARNING = (
+    "warning: --no-verify_tls: HTTPS certificates are not checked, so any server on the path "
+    "can pose as an image host"
+)
 
 
 def user_agent_with_contact(contact: str) -> str:
@@ -53,16 +60,24 @@ class DownloadConfig(BaseModel):
     )
     output: str = Field(
         description="Folder the dataset is written to, or object storage such as "
-        "s3://bucket/prefix (webdataset only)."
+        "s3://bucket/prefix (webdataset or parquet)."
     )
     output_format: OutputFormat = Field(
-        "webdataset", description="webdataset (tar shards) or imagefolder (one folder per label)."
+        "webdataset",
+        description="webdataset (tar shards), imagefolder (one folder per label) or parquet "
+        "(Parquet shards that Hugging Face datasets loads as images and class labels).",
     )
     url: str = Field("url", description="Name of the input column holding image URLs.")
     label: str | None = Field(
         None, description="Name of the input column holding labels (required for imagefolder)."
     )
-    shard_size: int = Field(10_000, ge=1, le=1_000_000, description="Input rows per shard.")
+    shard_size: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Input rows per shard; unless given, a list too short for two shards per "
+        "process is cut smaller, so that every process has work.",
+    )
     overwrite: bool = Field(
         False,
         description="Delete an existing FLOW-DC output in the output folder and start over (only "
@@ -90,6 +105,19 @@ class DownloadConfig(BaseModel):
     )
     max_bytes: int = Field(
         50_000_000, ge=1, description="Largest response body accepted, in bytes."
+    )
+    verify_tls: bool = Field(
+        True,
+        description="Check HTTPS certificates; --no-verify_tls accepts any certificate "
+        "(self-signed, expired, another host's), with a warning, and is recorded in "
+        "overview.json.",
+    )
+    allow_private_redirects: bool = Field(
+        False,
+        description="Follow redirects from a public address to a private one (loopback, "
+        "10/8, 172.16/12, 192.168/16, link-local such as 169.254.169.254, fc00::/7); refused by "
+        "default with status private_redirect. A URL of the list that points at a private "
+        "address may redirect within private space either way.",
     )
     user_agent: str = Field(
         DEFAULT_USER_AGENT,
@@ -224,6 +252,23 @@ class DownloadConfig(BaseModel):
         "status duplicate and duplicate_of naming the stored key.",
     )
 
+    # rows per class
+    max_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Request at most this many rows of each label (a seeded sample, the same "
+        "for the same list and --seed); the others get status class_capped.",
+    )
+    min_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="Leave out labels with fewer rows than this (status class_too_small); they "
+        "get no class index and no folder.",
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the --max_per_class sample: another seed, other rows."
+    )
+
     # machine use
     processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -231,10 +276,26 @@ class DownloadConfig(BaseModel):
         le=1024,
         description="Worker processes on the local engine; default: the number of cores.",
     )
+    max_memory: int | None = Field(
+        None,
+        ge=1,
+        description="Bytes of response bodies each worker process holds at once, from the "
+        "first byte read until the sample is written; more waits (a body over it is fetched "
+        "alone). Default: a quarter of the RAM shared among the cores, 256 MiB to 1 GiB a "
+        "process.",
+    )
     progress: bool | None = Field(
         None,
         description="Show a progress bar; default: when stderr is a terminal, and in Jupyter "
         "(otherwise a line every 30 s).",
+    )
+    min_success_rate: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Lowest share of the requested rows (0 to 1) that must give an image: a "
+        "finished run below it makes `flowdc download` exit with status 4, for a pipeline to "
+        "stop on. The Python API's result has the numbers.",
     )
 
     # distributed runs (docs/distributed.md)
@@ -331,6 +392,23 @@ class DownloadConfig(BaseModel):
     dataset_citation: str | None = Field(None, description="How to cite the dataset.")
     dataset_keywords: str | None = Field(None, description="Comma-separated keywords.")
 
+    # training splits (`flowdc split`, run when the download ends)
+    split: str | None = Field(
+        None,
+        description="When the run ends, split the stored samples into train, validation and "
+        "test with these shares, such as 0.8,0.1,0.1 (two values: train,test), as "
+        "`flowdc split --ratios` does.",
+    )
+    split_by: str | None = Field(
+        None, description="Column to stratify the split by; default: the --label column."
+    )
+    split_group: str | None = Field(
+        None,
+        description="Column(s), comma-separated, whose equal values must share a split (an "
+        "occurrence, an observer, a site); identical images always do.",
+    )
+    split_seed: int = Field(0, description="Seed of the split: the same seed, the same split.")
+
     @field_validator("input", "output", "url")
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -422,6 +500,16 @@ class DownloadConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _parquet_image_size(self) -> DownloadConfig:
+        """A Parquet image is one value of a binary column (datasets' Image): under 2 GiB."""
+        if self.output_format == "parquet" and self.max_bytes >= 2**31:
+            raise ValueError(
+                f"--output_format parquet stores each image as one binary value, under 2 GiB: "
+                f"set --max_bytes below {2**31}, or use --output_format webdataset"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _engine_options(self) -> DownloadConfig:
         """Options that only one engine reads are refused elsewhere, not silently ignored."""
         given = [
@@ -457,6 +545,19 @@ class DownloadConfig(BaseModel):
                 parse_listen(self.listen)
             except FlowDCError as exc:
                 raise ValueError(str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _class_options(self) -> DownloadConfig:
+        if (self.max_per_class or self.min_per_class) and self.label is None:
+            raise ValueError(
+                "--max_per_class and --min_per_class count rows per label; give --label COLUMN"
+            )
+        if self.max_per_class and self.min_per_class and self.min_per_class > self.max_per_class:
+            raise ValueError(
+                f"min_per_class {self.min_per_class} is above max_per_class "
+                f"{self.max_per_class}: no class could be kept; lower the one or raise the other"
+            )
         return self
 
     @model_validator(mode="after")
@@ -509,6 +610,32 @@ class DownloadConfig(BaseModel):
                 "storage yet; copy the output to a folder to retry its failures"
             )
         return self
+
+    @model_validator(mode="after")
+    def _split_options(self) -> DownloadConfig:
+        if self.split is None:
+            given = [f"--{n}" for n in ("split_by", "split_group") if getattr(self, n) is not None]
+            if given or self.split_seed:
+                raise ValueError(
+                    f"{' and '.join(given or ['--split_seed'])} need --split RATIOS, such as "
+                    f"--split 0.8,0.1,0.1"
+                )
+            return self
+        try:
+            parse_ratios(self.split)
+        except FlowDCError as exc:
+            raise ValueError(str(exc)) from None
+        if is_remote(self.output):
+            raise ValueError(
+                "--split works on a local or shared-folder output only, not on object storage "
+                "yet; copy the output to a folder and run flowdc split there"
+            )
+        return self
+
+    def split_columns(self) -> list[str]:
+        """The input columns --split_by and --split_group name."""
+        groups = [name.strip() for name in (self.split_group or "").split(",") if name.strip()]
+        return ([self.split_by] if self.split_by else []) + groups
 
     def effective_processes(self) -> int:
         return max(1, min(self.processes, self.concurrent_downloads))

@@ -52,6 +52,8 @@ class FetchFailure(RowFailure):
         timed_out: bool = False,
         unreachable: bool = False,
         unresolved: bool = False,
+        malformed: bool = False,
+        no_connection: bool = False,
     ) -> None:
         super().__init__(status, message)
         self.retryable = retryable
@@ -64,6 +66,10 @@ class FetchFailure(RowFailure):
         """No connection or no answer: what the host's circuit breaker counts."""
         self.unresolved = unresolved
         """The host name did not resolve."""
+        self.malformed = malformed
+        """The answer was no valid HTTP: the same server likely answers so again."""
+        self.no_connection = no_connection
+        """No connection was made (refused, or no answer to the SYN within the connect timeout)."""
 
 
 class ImageRejected(RowFailure):

@@ -55,6 +55,7 @@ RESULT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("original_width", pa.int32()),
     ("original_height", pa.int32()),
     ("duplicate_of", pa.string()),
+    ("same_url_as", pa.string()),  # the key of the row whose fetch this row's URL shared
 ]
 
 

@@ -13,3 +13,6 @@ HASH_MISMATCH = "hash_mismatch"  # sha256 differs from the --verify_hash column
 DUPLICATE = "duplicate"  # --dedupe: the same bytes are stored under another key (duplicate_of)
 HOST_UNAVAILABLE = "host_unavailable"  # its host was marked down (fetch/breaker.py); retryable
 LICENSE_FILTERED = "license_filtered"  # its licence is not in --license_filter (or it has none)
+PRIVATE_REDIRECT = "private_redirect"  # a public URL redirected to a private address; final
+CLASS_CAPPED = "class_capped"  # left out of its class's seeded sample (--max_per_class)
+CLASS_TOO_SMALL = "class_too_small"  # its class has fewer rows than --min_per_class

@@ -5,6 +5,8 @@ once on one HTTP session, so the slow tail of one shard never leaves the process
 second shard only when fewer rows than its request slots are left in the first (taking two at
 once let the first worker to start take both shards of a two-shard run, leaving the other idle).
 Workers report progress and finished shards on a result queue; they exit when their parent dies.
+They import FLOW-DC only, never the caller's main module, so a script needs no
+`if __name__ == "__main__":` around `flowdc.download` (see _callers_main_hidden).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flowdc.config.options import DownloadConfig
@@ -82,6 +85,34 @@ def _worker_context() -> Any:
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["flowdc.engines.local", "flowdc.storage.remote", "uvloop"])
     return context
+
+
+@contextmanager
+def _callers_main_hidden() -> Iterator[None]:
+    """While workers start, the main module shows neither `__spec__` nor `__file__`.
+
+    multiprocessing tells each process it starts (spawned, or forked from the fork server)
+    which module the parent's `__main__` is, and the child runs that module again, as
+    `__mp_main__`, before its target: a script that called `flowdc.download` at its top level
+    started a second download in every worker, which failed on the output's lock. A worker
+    needs FLOW-DC only (its target and arguments are FLOW-DC's), so it is told of no main
+    module and imports none: no guard needed, and no re-run of a notebook kernel's or the
+    `flowdc` program's main module either. Outside this block the main module is unchanged.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    names = vars(main)
+    saved = {name: names[name] for name in ("__spec__", "__file__") if name in names}
+    main.__spec__ = None
+    names.pop("__file__", None)
+    try:
+        yield
+    finally:
+        names.update(saved)
+        if "__spec__" not in saved:
+            del main.__spec__
 
 
 def _watch_parent(lifeline: Any) -> None:
@@ -233,8 +264,9 @@ class WorkerPool:
             )
             for index in range(self.count)
         ]
-        for worker in self.workers:
-            worker.start()
+        with _callers_main_hidden():
+            for worker in self.workers:
+                worker.start()
 
     def stop(self, grace: float = 0) -> None:
         """Wait up to `grace` seconds for the workers to finish, then end those still running."""

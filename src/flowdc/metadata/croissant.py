@@ -28,8 +28,13 @@ from flowdc.core.layout import CROISSANT_FILE, results_path
 from flowdc.core.licenses import NO_LICENSE
 from flowdc.core.status import SUCCESS
 from flowdc.core.version import __version__
-from flowdc.metadata.croissant_records import classes_record_set, distribution, record_sets
-from flowdc.metadata.tables import committed_shards, read_results
+from flowdc.metadata.croissant_records import (
+    add_split_sets,
+    classes_record_set,
+    distribution,
+    record_sets,
+)
+from flowdc.metadata.tables import committed_shards, shard_tables
 from flowdc.planning.plan import Plan
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.1"
@@ -168,14 +173,27 @@ def _responsible_ai(
 
 
 def _timeframe(overview: dict[str, Any], plan: Plan) -> list[str]:
-    table = read_results(plan, ["fetched_at"])
-    if table is not None and "fetched_at" in table.column_names and table.num_rows:
-        low, high = pc.min_max(table.column("fetched_at")).values()
-        if low.is_valid and high.is_valid:
-            return [low.as_py().isoformat(), high.as_py().isoformat()]
+    low = high = None
+    for _, table in shard_tables(plan, ["fetched_at"]):
+        if "fetched_at" in table.column_names and table.num_rows:
+            first, last = (v.as_py() for v in pc.min_max(table.column("fetched_at")).values())
+            if first is not None:
+                low = first if low is None else min(low, first)
+                high = last if high is None else max(high, last)
+    if low is not None and high is not None:
+        return [low.isoformat(), high.isoformat()]
     starts = [_iso(run.get("started_at")) for run in overview.get("runs", [])]
     starts = [start for start in starts if start]
     return [min(starts), max(starts)] if starts else []
+
+
+def _stored_formats(plan: Plan) -> list[str]:
+    """The file extensions of the stored images, read shard by shard."""
+    found: set[str] = set()
+    for _, table in shard_tables(plan, ["status", "format"]):
+        stored = table.filter(pc.equal(table.column("status"), SUCCESS)).column("format")
+        found.update(ext for ext in pc.unique(stored).to_pylist() if ext)
+    return sorted(found)
 
 
 def build_croissant(
@@ -183,12 +201,7 @@ def build_croissant(
 ) -> dict[str, Any]:
     """The Croissant document for the committed part of `plan`'s output."""
     output = Path(plan.output)
-    table = read_results(plan, ["status", "format"])
-    extensions: list[str] = []
-    if table is not None:
-        formats = table.filter(pc.equal(table.column("status"), SUCCESS)).column("format")
-        extensions = sorted({ext for ext in formats.to_pylist() if ext})
-    extensions = extensions or ["jpg"]  # no image yet: a FileSet still needs a pattern
+    extensions = _stored_formats(plan) or ["jpg"]  # no image yet: a FileSet still needs one
     schema = _results_schema(plan)
     name = config.dataset_name or output.resolve().name
     url = config.dataset_url or output.resolve().as_uri()
@@ -241,6 +254,7 @@ def build_croissant(
         doc.update(_responsible_ai(plan, config, overview, timeframe))
         if overview.get("class_counts") is not None:
             doc["recordSet"].append(classes_record_set(overview["class_counts"], plan))
+    add_split_sets(doc, plan)
     return doc
 
 
@@ -292,5 +306,18 @@ def write_croissant(
     for problem in check_croissant(doc):
         warn(f"warning: {problem}")
     path = Path(plan.output) / CROISSANT_FILE
+    atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False))
+    return path
+
+
+def write_split_sets(plan: Plan) -> Path | None:
+    """Bring croissant.json, when the output has one, up to date with the split files (after
+    `flowdc split`, which has no run's options to write the whole document again)."""
+    path = Path(plan.output) / CROISSANT_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    add_split_sets(doc, plan)
     atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False))
     return path

@@ -1,5 +1,9 @@
 """overview.json: what a run made, computed from the results tables (so any engine, any resume,
-gives the same numbers). FLOW-DC's original field names are kept; more are added."""
+gives the same numbers). FLOW-DC's original field names are kept; more are added.
+
+Rows that repeat an earlier row's URL were not requested (`same_url_as` in their results):
+`requests_saved_by_repeated_urls` counts them. `class_sampling` is the plan's record of
+--max_per_class / --min_per_class: the class distribution before and after."""
 
 from __future__ import annotations
 
@@ -12,16 +16,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import OVERVIEW_FILE, RUNS_FILE, is_committed, is_remote, results_path
+from flowdc.core.layout import OVERVIEW_FILE, RUNS_FILE, is_remote
 from flowdc.core.results import HOST_COUNTS
 from flowdc.core.status import HOST_UNAVAILABLE, SUCCESS
 from flowdc.core.version import __version__
 from flowdc.metadata.attribution import license_summary
-from flowdc.metadata.tables import read_stats
+from flowdc.metadata.tables import read_stats, shard_tables, value_counts
 from flowdc.planning.plan import Plan
 
 MAX_LISTED_HOSTS = 1000
@@ -98,10 +101,10 @@ def _add_hosts(hosts: dict[str, dict[str, Any]], table: pa.Table) -> None:
         entry["retries"] += row["retries_sum"] or 0
         entry["elapsed_seconds_sum"] += row["elapsed_seconds_sum"] or 0.0
     ok = table.filter(pc.equal(table.column("status"), SUCCESS))
-    for host, count in Counter(ok.column("host").to_pylist()).items():
+    for host, count in value_counts(ok.column("host")).items():
         hosts[host if host is not None else "(no host)"]["successes"] += count
     down = table.filter(pc.equal(table.column("status"), HOST_UNAVAILABLE))
-    for host, count in Counter(down.column("host").to_pylist()).items():
+    for host, count in value_counts(down.column("host")).items():
         hosts[host]["unavailable"] += count
 
 
@@ -177,25 +180,27 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
     total_bytes = 0
     retries = 0
     committed = 0
-    for shard in range(plan.shard_count):
-        if not is_committed(output, shard):
-            continue
+    saved = 0
+    # counted by Arrow, one shard at a time
+    for _, table in shard_tables(plan, [*_COLUMNS, "same_url_as"]):
         committed += 1
-        table = pq.read_table(results_path(output, shard), columns=_COLUMNS)
-        statuses.update(table.column("status").to_pylist())
-        http_statuses.update(
-            str(code) for code in table.column("http_status").to_pylist() if code is not None
-        )
+        if "same_url_as" in table.column_names:  # outputs of earlier versions lack it
+            saved += len(table) - table.column("same_url_as").null_count
+        statuses.update(value_counts(table.column("status")))
+        for code, count in value_counts(table.column("http_status")).items():
+            if code is not None:
+                http_statuses[str(code)] += count
         ok = pc.equal(table.column("status"), SUCCESS)
         total_bytes += pc.sum(pc.if_else(ok, table.column("bytes"), 0)).as_py() or 0
         retries += (
             pc.sum(pc.max_element_wise(pc.subtract(table.column("attempts"), 1), 0)).as_py() or 0
         )
         failed = table.filter(pc.invert(ok))
-        error_messages.update(_error_kind(m) for m in failed.column("error").to_pylist())
+        for message, count in value_counts(failed.column("error")).items():
+            error_messages[_error_kind(message)] += count
         if plan.label_column:
-            labels = table.filter(ok).column("label").to_pylist()
-            per_class.update(label for label in labels if label is not None)
+            labels = value_counts(table.filter(ok).column("label"))
+            per_class.update({label: n for label, n in labels.items() if label is not None})
         _add_hosts(hosts, table)
     per_host = _finish_hosts(hosts, read_stats(plan))
     processed = sum(statuses.values())
@@ -217,11 +222,13 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             "average_speed_mb_per_s": round(data_mb / seconds, 3) if seconds else 0.0,
             "images_per_second": round(successful / seconds, 2) if seconds else 0.0,
             "retries": retries,
+            "requests_saved_by_repeated_urls": saved,
         },
         "error_breakdown": {k: v for k, v in statuses.most_common() if k != SUCCESS},
         "error_messages": dict(error_messages.most_common(50)),
         "http_status_counts": dict(sorted(http_statuses.items())),
         "class_counts": dict(sorted(per_class.items())) if plan.label_column else None,
+        "class_sampling": plan.class_sampling,
         "per_host": dict(list(per_host.items())[:MAX_LISTED_HOSTS]),
         "per_host_others": _other_hosts(list(per_host.values())[MAX_LISTED_HOSTS:]),
         "hosts_down": _hosts_down(per_host),
@@ -241,6 +248,7 @@ def build_overview(plan: Plan, config: DownloadConfig) -> dict[str, Any]:
             "label_column": plan.label_column,
             "extra_columns": list(plan.extra_columns.values()),
             "unlabeled_rows": plan.unlabeled_rows,
+            "repeated_url_rows": plan.repeated_url_rows,
         },
         # an output on object storage is built in a local staging folder: name the real one
         "output": {

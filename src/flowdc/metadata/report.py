@@ -1,13 +1,13 @@
 """report.html: one self-contained page that shows at a glance whether a run went well.
 
 Charts are inline SVG, thumbnails are JPEG data URIs, there is no script and no link out, so the
-page opens anywhere, offline. Everything comes from the results tables and overview figures.
+page opens anywhere, offline. Everything comes from the overview figures and from the results
+tables, read one shard at a time (report_figures.py).
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import io
 import json
 import tarfile
@@ -16,21 +16,28 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.files import atomic_write_text
-from flowdc.core.layout import OVERVIEW_FILE, REPORT_FILE, tar_path
-from flowdc.core.status import SUCCESS
+from flowdc.core.layout import (
+    OVERVIEW_FILE,
+    REPORT_FILE,
+    SPLITS_SUMMARY,
+    parquet_shard_path,
+    tar_path,
+)
+from flowdc.core.status import CLASS_CAPPED, CLASS_TOO_SMALL
 from flowdc.metadata import svg
 from flowdc.metadata.overview import build_overview
-from flowdc.metadata.tables import read_results, read_stats
+from flowdc.metadata.report_figures import gather, sample_rows
+from flowdc.metadata.tables import read_stats
 from flowdc.planning.plan import Plan
+from flowdc.shard.writers.parquet import IMAGE_COLUMN
 
 THUMBNAILS = 24
 THUMB_SIZE = 128
-TIME_BINS = 40
 SECTIONS = (
     ("summary", "Summary"),
     ("throughput", "Throughput over time"),
@@ -42,21 +49,9 @@ SECTIONS = (
     ("sizes", "Image sizes"),
     ("resolution", "Image resolution"),
     ("samples", "Sample images"),
+    ("splits", "Training splits and leakage check"),
     ("run", "Run settings and versions"),
 )
-_COLUMNS = [
-    "key",
-    "shard",
-    "status",
-    "error",
-    "http_status",
-    "bytes",
-    "width",
-    "height",
-    "label",
-    "path",
-    "fetched_at",
-]
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:980px;color:#222;padding:0 12px}
 h1{margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
@@ -89,66 +84,6 @@ def current_overview(plan: Plan) -> dict[str, Any]:
     return build_overview(plan, config)
 
 
-def _time_bins(
-    table: pa.Table, stats: list[dict[str, Any]]
-) -> tuple[list[str], list[int], list[int], list[float], float]:
-    """Per time bin: labels, successes, failures, MB/s, and the bin width in seconds.
-
-    Uses each row's fetched_at; outputs written before it existed use each shard's finish time.
-    """
-    ok = [status == SUCCESS for status in table.column("status").to_pylist()]
-    sizes = [size or 0 for size in table.column("bytes").to_pylist()]
-    if "fetched_at" in table.column_names:
-        # as integers: a datetime object per row cost a second per 100,000 rows
-        millis = table.column("fetched_at").cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
-        times = [None if t is None else t / 1000 for t in millis.to_pylist()]
-    else:
-        finished = {}
-        for shard in stats:
-            try:
-                finished[shard["shard"]] = dt.datetime.fromisoformat(shard["finished_at"])
-            except (KeyError, ValueError, TypeError):
-                continue
-        times = [
-            finished[s].timestamp() if s in finished else None
-            for s in table.column("shard").to_pylist()
-        ]
-    known = [t for t in times if t is not None]
-    if not known:
-        return [], [], [], [], 1.0
-    start, end = min(known), max(known)
-    span = max(end - start, 1e-3)
-    bins = min(TIME_BINS, max(1, len(known) // 4))
-    good, bad, megabytes = [0] * bins, [0] * bins, [0.0] * bins
-    for when, success, size in zip(times, ok, sizes, strict=True):
-        if when is None:
-            continue
-        index = min(int((when - start) / span * bins), bins - 1)
-        if success:
-            good[index] += 1
-            megabytes[index] += size / 1e6
-        else:
-            bad[index] += 1
-    width = span / bins
-    digits = 0 if width >= 1 else 2
-    labels = [f"{(i + 0.5) * width:.{digits}f}s" for i in range(bins)]
-    return labels, good, bad, [mb / width for mb in megabytes], width
-
-
-def _histogram(values: list[float], bins: int = 24) -> tuple[list[int], list[float]]:
-    if not values:
-        return [], []
-    values = sorted(values)
-    low, high = values[0], values[min(len(values) - 1, int(len(values) * 0.99))]
-    if high <= low:
-        high = low + 1
-    width = (high - low) / bins
-    counts = [0] * bins
-    for value in values:
-        counts[min(max(int((value - low) / width), 0), bins - 1)] += 1
-    return counts, [low + width * i for i in range(bins + 1)]
-
-
 def _thumbnail(data: bytes) -> str | None:
     from PIL import Image
 
@@ -162,32 +97,22 @@ def _thumbnail(data: bytes) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _samples(plan: Plan, table: pa.Table) -> list[tuple[str, str, str | None]]:
-    """(key, label, data URI) for up to THUMBNAILS successes, spread over the shards.
+def _samples(plan: Plan, stored: dict[int, int]) -> list[tuple[str, str, str | None]]:
+    """(key, label, data URI) for up to THUMBNAILS stored images, spread over the shards.
 
-    Each chosen shard gives its first successes, so a tar is read only up to them: walking a
-    tar's headers to its end costs seconds for a shard of 10,000 samples.
+    Each chosen shard gives its first stored images, so a tar is read only up to them: walking
+    a tar's headers to its end costs seconds for a shard of 10,000 samples.
     """
-    ok = table.filter(pc.equal(table.column("status"), SUCCESS))
-    if not ok.num_rows:
-        return []
-    shards = ok.column("shard").to_pylist()
-    distinct = sorted(set(shards))
-    chosen = set(distinct[:: max(1, len(distinct) // THUMBNAILS)][:THUMBNAILS])
-    per_shard = -(-THUMBNAILS // len(chosen))
-    taken: Counter[int] = Counter()
-    indices = []
-    for index, shard in enumerate(shards):
-        if shard in chosen and taken[shard] < per_shard and len(indices) < THUMBNAILS:
-            taken[shard] += 1
-            indices.append(index)
-    picked = ok.take(indices).to_pylist()
+    picked = sample_rows(plan, stored, THUMBNAILS)
     output = Path(plan.output)
     images: dict[str, bytes] = {}
-    if plan.output_format == "webdataset":
-        by_shard: dict[int, set[str]] = defaultdict(set)
-        for row in picked:
-            by_shard[row["shard"]].add(row["path"])
+    by_shard: dict[int, set[str]] = defaultdict(set)
+    for row in picked:
+        by_shard[row["shard"]].add(row["path"])
+    if plan.output_format == "parquet":
+        for shard, names in by_shard.items():
+            images.update(_parquet_images(parquet_shard_path(output, shard), names))
+    elif plan.output_format == "webdataset":
         for shard, names in by_shard.items():
             try:
                 with tarfile.open(tar_path(output, shard)) as tar:
@@ -215,6 +140,24 @@ def _samples(plan: Plan, table: pa.Table) -> list[tuple[str, str, str | None]]:
         )
         for row in picked
     ]
+
+
+def _parquet_images(path: Path, names: set[str]) -> dict[str, bytes]:
+    """The images named in a Parquet shard, read a batch of rows at a time up to the last."""
+    found: dict[str, bytes] = {}
+    try:
+        with pq.ParquetFile(path) as shard:
+            for batch in shard.iter_batches(batch_size=64, columns=[IMAGE_COLUMN]):
+                paths = pc.struct_field(batch.column(0), "path").to_pylist()
+                for position, name in enumerate(paths):
+                    if name in names and name not in found:
+                        data = pc.struct_field(batch.column(0), "bytes")[position].as_py()
+                        found[name] = data or b""
+                if len(found) == len(names):
+                    break
+    except (OSError, ValueError):  # pyarrow's errors: the thumbnails are shown as missing
+        pass
+    return found
 
 
 def _figure(label: str, value: str) -> str:
@@ -268,11 +211,96 @@ def _licenses(summary: dict[str, Any] | None) -> str:
     )
 
 
+def _splits(output: Path, stored: int) -> str:
+    """splits.json as a table, with its leakage check; a split older than the stored samples
+    (a run added some since) says so."""
+    try:
+        split = json.loads((output / SPLITS_SUMMARY).read_text(encoding="utf-8"))
+        counts, check = split["counts"], split["leakage_check"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return (
+            '<p class="empty">not split: <code>flowdc split OUTPUT --ratios 0.8,0.1,0.1</code> '
+            "makes train, validation and test splits that keep groups and identical images "
+            "together</p>"
+        )
+    linked = ", ".join(check.get("checked", []))
+    if check.get("ok"):
+        verdict = (
+            f'<p class="verdict good">Leakage check passed: no {escape(linked)} value is in '
+            "two splits.</p>"
+        )
+    else:
+        found = ", ".join(f"{k} {v}" for k, v in check.get("values_in_two_splits", {}).items())
+        verdict = '<p class="verdict poor">Leakage check FAILED: values in two splits: '
+        verdict += f"{escape(found)}. Please report this.</p>"
+    stale = ""
+    if split.get("samples") != stored:
+        stale = (
+            f'<p class="verdict fair">{stored:,} samples are stored, {split.get("samples", 0):,}'
+            " were split: run <code>flowdc split</code> again.</p>"
+        )
+    small = split.get("whole_to_train") or {}
+    ratios = ", ".join(f"{name} {share:g}" for name, share in split.get("ratios", {}).items())
+    return (
+        verdict
+        + stale
+        + f"<p>Ratios {escape(ratios)}, seed {escape(str(split.get('seed')))}, stratified by "
+        + f"{escape(str(split.get('by') or 'nothing'))}; {split.get('units', 0):,} units "
+        + f"(the largest holds {split.get('largest_unit', 0):,} samples).</p>"
+        + _table(["split", "samples"], [[name, count] for name, count in counts.items()])
+        + (
+            f"<p>{len(small):,} class(es) had too few units to split and went whole to train: "
+            + escape(", ".join(f"{name} ({n})" for name, n in list(small.items())[:20]))
+            + (", ..." if len(small) > 20 else "")
+            + "</p>"
+            if small
+            else ""
+        )
+    )
+
+
+def _class_sampling(sampling: dict[str, Any] | None) -> str:
+    """The class distribution before and after --max_per_class / --min_per_class."""
+    if not sampling:
+        return ""
+    before, after = sampling["before"], sampling["after"]
+    options = ", ".join(
+        f"--{name} {sampling[name]}"
+        for name in ("max_per_class", "min_per_class", "seed")
+        if sampling.get(name) is not None
+    )
+    return (
+        f"<h3>Rows per class, before and after {escape(options)}</h3><p>"
+        f"{sampling['class_capped_rows']:,} rows left out of their class's sample "
+        f"(<code>class_capped</code>), {sampling['class_too_small_rows']:,} rows of "
+        f"{sampling['classes_too_small']:,} classes too small (<code>class_too_small</code>); "
+        "never requested.</p>"
+        + _table(
+            ["", "classes", "rows", "smallest class", "median class", "largest class"],
+            [
+                [when, s["classes"], s["rows"], s["smallest"], f"{s['median']:g}", s["largest"]]
+                for when, s in (("in the list", before), ("requested", after))
+            ],
+        )
+    )
+
+
 def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, str]:
-    rate = summary["success_rate_percent"]
+    """Success over the rows the run requested: rows the class sampling left out are no
+    failure of the run."""
     shards = overview["shards"]
     unfinished = shards["total"] - shards["committed"]
+    breakdown = overview.get("error_breakdown") or {}
+    left_out = breakdown.get(CLASS_CAPPED, 0) + breakdown.get(CLASS_TOO_SMALL, 0)
+    rate = summary["success_rate_percent"]
     text = f"{summary['successful']:,} of {summary['total']:,} images downloaded ({rate}%)"
+    if left_out:
+        tried = summary["processed"] - left_out
+        rate = round(100.0 * summary["successful"] / tried, 2) if tried else 0.0
+        text = (
+            f"{summary['successful']:,} of {tried:,} requested images downloaded ({rate}%); "
+            f"{left_out:,} rows left out by the class sampling"
+        )
     if unfinished:
         return "poor", f"{text}; {unfinished} shard(s) not finished: run the same command again"
     if rate >= 90:
@@ -284,16 +312,8 @@ def _verdict(summary: dict[str, Any], overview: dict[str, Any]) -> tuple[str, st
 
 def build_report(plan: Plan, overview: dict[str, Any]) -> str:
     """The HTML page for the output of `plan`."""
-    table = read_results(plan, _COLUMNS)
-    if table is None:  # nothing committed yet
-        table = pa.table(
-            {
-                "shard": pa.array([], pa.int32()),
-                "status": pa.array([], pa.string()),
-                "bytes": pa.array([], pa.int64()),
-            }
-        )
     stats = read_stats(plan)
+    figures = gather(plan, stats)
     summary = overview["download_summary"]
     kind, verdict = _verdict(summary, overview)
     name = (overview.get("script_inputs") or {}).get("dataset_name") or Path(plan.output).name
@@ -323,10 +343,15 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         _figure("average MB/s", f"{summary['average_speed_mb_per_s']}"),
         _figure("images/s", f"{summary['images_per_second']}"),
         _figure("retries", f"{summary['retries']:,}"),
+        _figure(
+            "requests saved (repeated URLs)",
+            f"{summary.get('requests_saved_by_repeated_urls', 0):,}",
+        ),
         "</div>",
     )
-    labels, good, bad, mb_per_s, width = _time_bins(table, stats)
-    per_second = [g / width for g in good]
+    time = figures.time
+    labels, good, bad, mb_per_s = time.labels, time.good, time.bad, time.mb_per_s
+    per_second = [g / time.width for g in good]
     section(
         "throughput",
         "<p>Images per second (line) and MB per second over the run, from each row's "
@@ -396,25 +421,16 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         + (", the 40 largest shown" if len(classes) > 40 else "")
         + ".</p>",
         svg.bar_list(top, "ok") if top else '<p class="empty">no labels</p>',
+        _class_sampling(overview.get("class_sampling")),
     )
     section("licenses", _licenses(overview.get("licenses")))
-    ok = table.filter(pc.equal(table.column("status"), SUCCESS))
-    sizes = (
-        [b / 1024 for b in ok.column("bytes").to_pylist() if b]
-        if "bytes" in ok.column_names
-        else []
-    )
-    section("sizes", svg.histogram(*_histogram(sizes), "file size (KiB)"))
-    widths = [w for w in ok.column("width").to_pylist() if w] if "width" in ok.column_names else []
-    heights = (
-        [h for h in ok.column("height").to_pylist() if h] if "height" in ok.column_names else []
-    )
+    section("sizes", svg.histogram(*figures.sizes, "file size (KiB)"))
     section(
         "resolution",
-        svg.histogram(*_histogram(widths), "width (pixels)"),
-        svg.histogram(*_histogram(heights), "height (pixels)"),
+        svg.histogram(*figures.widths, "width (pixels)"),
+        svg.histogram(*figures.heights, "height (pixels)"),
     )
-    samples = _samples(plan, table) if "path" in table.column_names else []
+    samples = _samples(plan, figures.stored)
     tiles = "".join(
         f'<figure><img alt="{escape(key)}" src="{uri}"><figcaption>{escape(label)}'
         "</figcaption></figure>"
@@ -423,6 +439,7 @@ def build_report(plan: Plan, overview: dict[str, Any]) -> str:
         for key, label, uri in samples
     )
     section("samples", f'<div class="grid">{tiles}</div>' if tiles else "<p>no images</p>")
+    section("splits", _splits(Path(plan.output), summary["successful"]))
     inputs = overview.get("script_inputs") or {}
     versions = overview.get("versions") or {}
     section(

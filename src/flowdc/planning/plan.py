@@ -3,7 +3,10 @@
 The plan is one parquet file at the output's root whose row group N holds shard N, so a worker on
 any machine that sees the output reads exactly its shard. A JSON file beside it records what the
 plan was made from (input fingerprint, columns, labels); it is written last, so a plan without it
-is incomplete and is made again.
+is incomplete and is made again. Rows the run will not request (a class's sample left them out)
+or that repeat an earlier row's URL are found once every row is seen (planned_rows.py, which
+spills to a temporary folder beside the plan); the plan table is then written again with two
+more columns saying so.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +38,15 @@ from flowdc.core.layout import (
     temp_name,
 )
 from flowdc.planning.inputs import InputTable
-from flowdc.planning.license_columns import license_column
+from flowdc.planning.license_columns import license_column, row_filter
+from flowdc.planning.planned_rows import RowChoices, RowPlanner, sampling_summary
 from flowdc.planning.stored_options import changed_options, stored_options
 
 MAX_CATEGORICAL_LABELS = 1_000_000
+SHARDS_PER_PROCESS = 2
+"""A list too short for this many default-sized shards per process is cut into smaller ones."""
+SIZING_ROWS = 250_000
+"""At most this many rows are held while planning to size the shards of a short list."""
 PLAN_VERSION = 1
 
 # Columns FLOW-DC adds to every results row; input columns with these names get an input_ prefix.
@@ -68,6 +77,9 @@ RESERVED_COLUMNS = (
     "original_height",
     "duplicate_of",
     "stored_sha256",
+    "same_url_as",
+    "planned_status",
+    "same_url_position",
 )
 
 
@@ -88,13 +100,21 @@ class Plan:
     key_width: int
     extra_columns: dict[str, str] = field(default_factory=dict)  # plan column -> input column
     # Distinct labels when categorical, in class-index order: numeric or text order for
-    # webdataset, folder-name order for imagefolder (the order torchvision and datasets use).
+    # webdataset and parquet, folder-name order for imagefolder (the order torchvision and
+    # datasets use).
     labels: list[str] | None = None
     label_counts: list[int] | None = None
     label_folders: dict[str, str] | None = None
     unlabeled_rows: int = 0
     version: int = PLAN_VERSION
     settings: dict[str, Any] | None = None  # stored_options.py; None in plans made before it
+    repeated_url_rows: int = 0
+    """Rows whose URL an earlier requested row has (their same_url_position is set)."""
+    class_sampling: dict[str, Any] | None = None
+    """--max_per_class / --min_per_class: the options, the class distribution before and after,
+    the rows left out; None without them."""
+    kept_label_counts: list[int] | None = None
+    """Rows each of `labels` will request, after the class sampling (None without it)."""
 
     def __post_init__(self) -> None:
         self._parquet: pq.ParquetFile | None = None
@@ -111,6 +131,11 @@ class Plan:
         if shard < self.shard_count - 1:
             return self.shard_size
         return self.total_rows - self.shard_size * (self.shard_count - 1)
+
+    def key_at(self, position: int) -> str:
+        """The key of the row at `position` (0-based) in the list."""
+        shard, row = divmod(position, self.shard_size)
+        return f"{shard_name(shard)}{row:0{self.key_width}d}"
 
     def read_shard(self, shard: int) -> pa.Table:
         # One open file per plan: its footer lists every row group, and parsing it per shard
@@ -166,7 +191,9 @@ def check_plan_matches(plan: Plan, config: DownloadConfig, table: InputTable) ->
         "input fingerprint": fingerprint(table.path),
         "url column": config.url,
         "label column": config.label,
-        "shard_size": config.shard_size,
+        "shard_size": config.shard_size
+        if "shard_size" in config.model_fields_set
+        else plan.shard_size,  # sized for the list when planned: the plan's size holds
         "output_format": config.output_format,
     }
     have = {
@@ -226,12 +253,40 @@ def check_columns(config: DownloadConfig, table: InputTable) -> None:
             f"column {which} not found in {table.path}; it has: {', '.join(names) or '(none)'}; "
             f"set --url / --label / --verify_hash to the right column names"
         )
+    unknown = [c for c in config.split_columns() if c not in names and c not in RESERVED_COLUMNS]
+    if unknown:
+        raise FlowDCError(
+            f"--split_by / --split_group: column '{unknown[0]}' is neither in {table.path} nor a "
+            f"results column; it has: {', '.join(names) or '(none)'}"
+        )
     license_column(config, names, table.path)  # --license_col / --license_filter need one
     if config.output_format == "imagefolder" and config.label is None:
         raise FlowDCError(
             "imagefolder needs a label column to name its folders; give --label COLUMN or use "
             "--output_format webdataset"
         )
+
+
+def _target_shards(config: DownloadConfig) -> int:
+    """Shards a short list is cut into: SHARDS_PER_PROCESS for each process, so that a process
+    whose shard ends early takes another (one process runs its shards together anyway)."""
+    processes = config.effective_processes()
+    return 1 if processes == 1 else SHARDS_PER_PROCESS * processes
+
+
+def _sizing_rows(config: DownloadConfig) -> int:
+    """Rows read before the shard size is fixed: a list shorter than this is split evenly."""
+    return min(config.shard_size * _target_shards(config), SIZING_ROWS)
+
+
+def shard_size_for(config: DownloadConfig, rows: int) -> int:
+    """Rows per shard for a list of `rows` rows (or more): `--shard_size` when given; else at most
+    its default, and small enough that every process gets SHARDS_PER_PROCESS shards. A
+    3,000-row list was one shard, so one process, however many cores the machine had."""
+    if "shard_size" in config.model_fields_set:
+        return config.shard_size
+    shards = _target_shards(config)
+    return min(config.shard_size, max(1, -(-min(rows, _sizing_rows(config)) // shards)))
 
 
 def make_plan(config: DownloadConfig, table: InputTable, source: str | None = None) -> Plan:
@@ -243,11 +298,13 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
     check_columns(config, table)
     names = table.column_names()
     extras = _plan_columns(names, config.url, config.label)
-    shard_size = config.shard_size
-    key_width = len(str(shard_size - 1))
+    # fixed once _sizing_rows rows are read, or the input ends (shard_size_for)
+    shard_size: int | None = None
+    key_width = 0
 
     label_counts: dict[str, int] | None = {} if config.label else None
     tmp_path = output / temp_name(PLAN_TABLE)
+    spill = output / temp_name(PLAN_TABLE)  # planned_rows.py's files, gone when planning ends
     writer: pq.ParquetWriter | None = None
     pending: list[pa.Table] = []
     pending_rows = 0
@@ -255,7 +312,19 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
     shard = 0
     unlabeled = 0
     for stale in output.glob(f".{PLAN_TABLE}{TEMP_MARK}*"):  # from a run killed while planning
-        stale.unlink(missing_ok=True)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    licence = row_filter(extras, config)
+    licence_input = extras[licence[0]] if licence is not None else None
+    sampled = config.max_per_class is not None or config.min_per_class is not None
+
+    def decide(rows: int) -> int:
+        nonlocal key_width
+        size = shard_size_for(config, rows)
+        key_width = len(str(size - 1))
+        return size
 
     def flush(rows: int) -> None:
         nonlocal writer, pending, pending_rows, shard
@@ -277,46 +346,77 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
         pending = [rest] if rest.num_rows else []
         pending_rows = rest.num_rows
 
+    spill.mkdir()
     try:
+        planner = RowPlanner(config, extras, spill)
         for batch in table.batches():
             if batch.num_rows == 0:
                 continue
             columns = {"url": _as_string(batch.column(config.url))}
+            labels: list[str | None] | None = None
             if config.label:
                 # 'Rosa canina ' is 'Rosa canina': spaces around a label never make a class
                 label_array = pc.utf8_trim_whitespace(_as_string(batch.column(config.label)))
                 columns["label"] = label_array
-                for value in label_array.to_pylist():
-                    label = normalize_label(value)
+                labels = [normalize_label(value) for value in label_array.to_pylist()]
+                for label in labels:
                     if label is None:
                         unlabeled += 1
                     elif label_counts is not None:
                         label_counts[label] = label_counts.get(label, 0) + 1
                 if label_counts is not None and len(label_counts) > MAX_CATEGORICAL_LABELS:
                     label_counts = None
+                if label_counts is None and sampled:
+                    raise FlowDCError(
+                        f"--max_per_class / --min_per_class: the label column '{config.label}' "
+                        f"has more than {MAX_CATEGORICAL_LABELS:,} distinct values, too many to "
+                        f"count rows per class; leave the options out"
+                    )
+            planner.add(
+                columns["url"],
+                labels,
+                batch.column(licence_input).to_pylist() if licence_input is not None else None,
+            )
             for plan_name, input_name in extras.items():
                 columns[plan_name] = batch.column(input_name)
             pending.append(pa.table(columns))
             pending_rows += batch.num_rows
             total += batch.num_rows
-            while pending_rows >= shard_size:
+            if shard_size is None and total >= _sizing_rows(config):
+                shard_size = decide(total)
+            while shard_size is not None and pending_rows >= shard_size:
                 flush(shard_size)
+        if shard_size is None:
+            shard_size = decide(total)
+        while pending_rows >= shard_size:
+            flush(shard_size)
         if pending_rows:
             flush(pending_rows)
+        if writer is None:
+            raise FlowDCError(f"{table.path} has no rows; nothing to download")
+        writer.close()
+        choices = planner.finish(shard_size)
+        if choices.changes_plan:
+            _add_row_choices(tmp_path, choices, shard_size)
     except BaseException:
         if writer is not None:
             writer.close()
         tmp_path.unlink(missing_ok=True)
         raise
-    if writer is None:
-        raise FlowDCError(f"{table.path} has no rows; nothing to download")
-    writer.close()
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
     if config.output_format == "imagefolder" and label_counts is None:
         raise FlowDCError(
             f"the label column '{config.label}' has more than {MAX_CATEGORICAL_LABELS:,} distinct "
             f"values, too many for one folder each; use --output_format webdataset"
         )
+    class_sampling = None
+    kept = choices.kept_rows()
+    if sampled and label_counts is not None:
+        too_small = choices.too_small_labels()
+        class_sampling = _sampling_record(config, label_counts, kept, choices)
+        label_counts = {label: n for label, n in label_counts.items() if label not in too_small}
     labels = _class_order(label_counts) if label_counts is not None else None
     folders = (
         folder_names(labels)
@@ -343,12 +443,64 @@ def make_plan(config: DownloadConfig, table: InputTable, source: str | None = No
         label_folders=folders,
         unlabeled_rows=unlabeled,
         settings=stored_options(config),
+        repeated_url_rows=choices.pairs.count,
+        class_sampling=class_sampling,
+        kept_label_counts=[kept.get(label, 0) for label in labels]
+        if class_sampling is not None and labels is not None
+        else None,
     )
     os.replace(tmp_path, plan.table_path)
-    if labels is not None and config.output_format == "webdataset":
+    if labels is not None and config.output_format != "imagefolder":
         write_labels_file(plan)
     atomic_write_text(output / PLAN_META, plan.to_json())
     return plan
+
+
+def _add_row_choices(path: Path, choices: RowChoices, shard_size: int) -> None:
+    """Write the plan table at `path` again with its planned_status and same_url_position
+    columns."""
+    source = pq.ParquetFile(path)
+    rewritten = path.with_name(temp_name(PLAN_TABLE))
+    writer: pq.ParquetWriter | None = None
+    try:
+        for shard in range(source.num_row_groups):
+            group = source.read_row_group(shard)
+            status, owners = choices.columns(shard * shard_size, group.num_rows)
+            group = group.append_column("planned_status", status).append_column(
+                "same_url_position", owners
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    rewritten, group.schema, compression="zstd", write_statistics=False
+                )
+            writer.write_table(group, row_group_size=group.num_rows)
+        assert writer is not None
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        rewritten.unlink(missing_ok=True)
+        raise
+    finally:
+        source.close()
+    os.replace(rewritten, path)
+
+
+def _sampling_record(
+    config: DownloadConfig, before: dict[str, int], kept: dict[str, int], choices: RowChoices
+) -> dict[str, Any]:
+    """What the plan records of --max_per_class / --min_per_class (overview.json shows it)."""
+    assert choices.sampling is not None
+    return {
+        "max_per_class": config.max_per_class,
+        "min_per_class": config.min_per_class,
+        "seed": config.seed if config.max_per_class is not None else None,
+        "before": sampling_summary(list(before.values())),
+        "after": sampling_summary([n for n in kept.values() if n]),
+        "class_capped_rows": choices.sampling.capped_rows,
+        "class_too_small_rows": choices.sampling.too_small_rows,
+        "classes_too_small": len(choices.too_small_labels()),
+    }
 
 
 def normalize_label(value: str | None) -> str | None:
@@ -380,6 +532,8 @@ def write_labels_file(plan: Plan, images_per_label: dict[str, int] | None = None
         entry: dict[str, Any] = {"index": position, "label": label}
         if plan.label_counts is not None:
             entry["rows"] = plan.label_counts[position]
+        if plan.kept_label_counts is not None:  # after --max_per_class
+            entry["requested_rows"] = plan.kept_label_counts[position]
         if plan.label_folders is not None:
             images = (images_per_label or {}).get(label, 0)
             entry["folder"] = plan.label_folders[label]

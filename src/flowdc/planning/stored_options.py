@@ -25,6 +25,9 @@ STORED_OPTIONS = (
     "license_col",
     "license_filter",
     "dedupe",
+    "max_per_class",
+    "min_per_class",
+    "seed",
 )
 _RESIZE_ONLY = ("image_size", "resize_only_if_bigger")  # meaningless without a resize
 
@@ -35,8 +38,10 @@ def stored_options(config: DownloadConfig) -> dict[str, Any]:
     if values["resize_mode"] == "no":
         for name in _RESIZE_ONLY:
             values.pop(name)
-        if values["encode_format"] is None and config.output_format == "webdataset":
+        if values["encode_format"] is None and config.output_format != "imagefolder":
             values.pop("encode_quality")  # nothing is encoded: the bytes are stored as they came
+    if values["max_per_class"] is None:
+        values.pop("seed")  # no sample is drawn
     return values
 
 

@@ -7,8 +7,10 @@ import json
 import math
 from typing import Any
 
+import pyarrow as pa
 from yarl import URL
 
+from flowdc.core.results import RESULT_FIELDS
 from flowdc.shard.fetch.http import FetchResult
 
 SAMPLE_FACTS = (
@@ -30,7 +32,10 @@ SAMPLE_FACTS = (
     "elapsed_seconds",
     "final_url",
 )
-"""The results facts a sample's KEY.json carries (beside the input's extra columns)."""
+"""The results facts a sample's KEY.json (or its Parquet row) carries, beside the input's extra
+columns."""
+SAMPLE_FACT_FIELDS = [pa.field(name, dict(RESULT_FIELDS)[name]) for name in SAMPLE_FACTS]
+"""The facts with their results-table types."""
 
 
 def _json_default(value: Any) -> Any:
@@ -101,16 +106,24 @@ def result_record(
         "original_width": None,
         "original_height": None,
         "duplicate_of": None,
+        "same_url_as": None,
     }
     for name in extra_names:
         record[name] = row.get(name)
     return record
 
 
-def sample_meta_json(record: dict[str, Any], row: dict[str, Any], extra_names: list[str]) -> bytes:
-    """The sample's KEY.json: its results facts and the input's extra columns."""
+def sample_meta(
+    record: dict[str, Any], row: dict[str, Any], extra_names: list[str]
+) -> dict[str, Any]:
+    """What a sample says of itself: its results facts and the input's extra columns."""
     meta = {name: record[name] for name in SAMPLE_FACTS}
     meta.update({name: row.get(name) for name in extra_names})
+    return meta
+
+
+def sample_meta_json(meta: dict[str, Any]) -> bytes:
+    """A sample's KEY.json."""
     return _META_ENCODER.encode(finite(meta)).encode("utf-8")
 
 

@@ -1,5 +1,6 @@
 """Guarding a local output folder: refuse one FLOW-DC did not make, clear it for --overwrite
-(only what FLOW-DC made), lock it so two runs never write the same shards at once."""
+(only what FLOW-DC made, its split layout beside it included), lock it so two runs never write
+the same shards at once."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from flowdc.core.layout import (
     PLAN_META,
     PLAN_TABLE,
     SAMPLE_FILE,
+    SPLIT_LAYOUT_MARK,
+    SPLIT_NAMES,
     TASKVINE_DIR,
     TEMP_MARK,
     made_by_flowdc,
+    split_layout_dir,
 )
 from flowdc.planning.plan import Plan
 
@@ -80,20 +84,76 @@ def clear_output(output: Path, input_path: Path) -> list[str]:
             shutil.rmtree(entry)
         else:
             kept.append(entry.name)
+    layout = split_layout_dir(output)
+    if layout_belongs_to(layout, output):
+        kept += [f"{layout}/{name}" for name in clear_split_layout(layout)]
     return kept
 
 
-def _clear_class_folder(folder: Path) -> list[str]:
+def _clear_class_folder(folder: Path, links: bool = False) -> list[str]:
     """Remove the images FLOW-DC wrote (named by key) from a class folder, and the folder once
-    empty; returns the names of what it kept."""
+    empty; returns the names of what it kept. `links`: a split layout's symbolic links too."""
     kept = []
     for entry in folder.iterdir():
-        if entry.is_file() and not entry.is_symlink() and SAMPLE_FILE.match(entry.name):
+        ours = entry.is_file() and (links or not entry.is_symlink())
+        if ours and SAMPLE_FILE.match(entry.name):
             entry.unlink()
         else:
             kept.append(entry.name)
     if not kept:
         folder.rmdir()
+    return kept
+
+
+def layout_belongs_to(layout: Path, output: Path) -> bool:
+    """True when `layout` is the split layout `flowdc split` made from `output`."""
+    try:
+        made_from = (layout / SPLIT_LAYOUT_MARK).read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    return made_from == str(output.resolve())
+
+
+def split_layout_strangers(layout: Path) -> list[str]:
+    """What a split layout holds that `flowdc split` did not make (names relative to it)."""
+    strangers = []
+    for entry in layout.iterdir():
+        if entry.name == SPLIT_LAYOUT_MARK:
+            continue
+        if entry.name not in SPLIT_NAMES or entry.is_symlink() or not entry.is_dir():
+            strangers.append(entry.name)
+            continue
+        for folder in entry.iterdir():
+            if folder.is_symlink() or not folder.is_dir():
+                strangers.append(f"{entry.name}/{folder.name}")
+                continue
+            strangers += [
+                f"{entry.name}/{folder.name}/{file.name}"
+                for file in folder.iterdir()
+                if not file.is_file() or not SAMPLE_FILE.match(file.name)
+            ]
+    return strangers
+
+
+def clear_split_layout(layout: Path) -> list[str]:
+    """Remove what `flowdc split` made in a split layout (SPLIT/LABEL/KEY.ext links and the mark),
+    and the folders once empty; returns the names of what it kept."""
+    kept = []
+    for entry in layout.iterdir():
+        if entry.name in SPLIT_NAMES and entry.is_dir() and not entry.is_symlink():
+            for folder in entry.iterdir():
+                if folder.is_dir() and not folder.is_symlink():
+                    left = _clear_class_folder(folder, links=True)
+                    kept += [f"{entry.name}/{folder.name}/{name}" for name in left]
+                else:
+                    kept.append(f"{entry.name}/{folder.name}")
+            if not any(entry.iterdir()):
+                entry.rmdir()
+        elif entry.name != SPLIT_LAYOUT_MARK:
+            kept.append(entry.name)
+    if not kept:
+        (layout / SPLIT_LAYOUT_MARK).unlink(missing_ok=True)
+        layout.rmdir()
     return kept
 
 

@@ -1,11 +1,15 @@
 """Object storage (s3:// and any other fsspec URL) as input and output.
 
 Nothing is renamed on object storage, where a rename is a copy and not atomic. A shard is built
-in a local staging folder and uploaded in commit order: the tar, then the results table, then
-the stats marker last. Each upload is one whole object, so a reader sees the old object or the
-new one, never a part; a shard counts as done only once its marker exists, and by then
-everything the marker points to is in place. The plan is uploaded the same way (table first,
-its JSON last), and workers read it from the output.
+in a local staging folder and uploaded in commit order: the samples (the tar, or the Parquet
+shard), then the results table, then the stats marker last. Each upload is one whole object, so
+a reader sees the old object or the new one, never a part; a shard counts as done only once its
+marker exists, and by then everything the marker points to is in place. The plan is uploaded
+the same way (table first, its JSON last), and workers read it from the output.
+
+A shard whose rows repeat an earlier shard's URLs reads that shard's committed results and samples
+from the store (`RemoteCommitted`): a tar is downloaded whole, once per process while it is among
+the last few read, since finding a member means reading the tar's headers.
 """
 
 from __future__ import annotations
@@ -14,12 +18,18 @@ import asyncio
 import atexit
 import contextlib
 import dataclasses
+import io
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from flowdc.core.errors import FlowDCError
 from flowdc.core.layout import (
@@ -28,12 +38,14 @@ from flowdc.core.layout import (
     PLAN_META,
     PLAN_TABLE,
     is_remote,
+    parquet_shard_path,
     results_path,
     stats_path,
     tar_path,
 )
 from flowdc.core.results import ShardResult
 from flowdc.planning.plan import Plan
+from flowdc.shard.committed import OWNER_COLUMNS, TarIndex, rows_by_key
 from flowdc.shard.run import run_shard_async
 
 
@@ -226,7 +238,9 @@ async def run_shard_to(
     try:
         (staging / PLAN_TABLE).symlink_to(plan.table_path)
         local = dataclasses.replace(plan, output=str(staging))
-        result = await run_shard_async(local, shard, config, fetcher, on_progress)
+        result = await run_shard_async(
+            local, shard, config, fetcher, on_progress, RemoteCommitted(store)
+        )
         await asyncio.to_thread(_upload_shard, store, staging, shard)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -238,5 +252,64 @@ def _upload_shard(store: RemoteStore, staging: Path, shard: int) -> None:
     marker = stats_path(staging, shard)
     if store.read_text(marker.name) is not None:
         return
-    for path in (tar_path(staging, shard), results_path(staging, shard), marker):
+    samples = [
+        p for p in (tar_path(staging, shard), parquet_shard_path(staging, shard)) if p.exists()
+    ]
+    for path in (*samples, results_path(staging, shard), marker):
         store.upload(path, path.name)
+
+
+class RemoteCommitted:
+    """Committed shards on object storage, for rows that repeat an earlier shard's URL
+    (shard/committed.py). Whether another machine runs a shard cannot be told here."""
+
+    poll_seconds = 2.0
+    KEEP_TARS = 2
+    _tars: ClassVar[OrderedDict[tuple[str, int], Path]] = OrderedDict()
+    _lock = threading.Lock()
+
+    def __init__(self, store: RemoteStore) -> None:
+        self.store = store
+
+    def committed(self, shard: int) -> bool:
+        path = self.store.path(stats_path("", shard).name)
+        self.store.fs.invalidate_cache(path)
+        with storage_errors(self.store.url):
+            return bool(self.store.fs.exists(path))
+
+    def stamp(self, shard: int) -> Any:
+        return None  # no retry pass on object storage
+
+    def alive(self, shard: int) -> bool | None:
+        return None
+
+    def owner_rows(self, shard: int, keys: Collection[str]) -> dict[str, dict[str, Any]]:
+        with storage_errors(self.store.url):
+            data = self.store.fs.cat_file(self.store.path(results_path("", shard).name))
+        names = set(pq.read_schema(pa.BufferReader(data)).names)
+        table = pq.read_table(io.BytesIO(data), columns=[c for c in OWNER_COLUMNS if c in names])
+        return rows_by_key(table, keys)
+
+    def stored_bytes(self, shard: int, path: str) -> bytes | None:
+        try:
+            return TarIndex.member(self._local_tar(shard), path)
+        except (FileNotFoundError, FlowDCError):
+            return None  # the repeat is fetched itself
+
+    def _local_tar(self, shard: int) -> Path:
+        """The shard's tar, downloaded once into this process's cache of the last few."""
+        entry = (self.store.url, shard)
+        with self._lock:
+            local = self._tars.get(entry)
+            if local is not None and local.exists():
+                self._tars.move_to_end(entry)
+                return local
+            folder = Path(tempfile.mkdtemp(prefix="flowdc-owners-"))
+            atexit.register(shutil.rmtree, folder, True)
+            local = folder / tar_path("", shard).name
+            self.store.download(local.name, local)
+            self._tars[entry] = local
+            while len(self._tars) > self.KEEP_TARS:
+                _, old = self._tars.popitem(last=False)
+                shutil.rmtree(old.parent, ignore_errors=True)
+            return local

@@ -265,6 +265,7 @@ async def _run(
 ) -> ShardResult:
     """The shard, with its running totals appended to PROGRESS_FILE every second; `target`
     None: into plan.output, else run_shard_to (object storage staged and uploaded)."""
+    from flowdc.shard.committed import NoOtherShards
     from flowdc.shard.fetch.client import Fetcher
     from flowdc.shard.run import run_shard_async
     from flowdc.storage.remote import run_shard_to
@@ -291,7 +292,10 @@ async def _run(
     reporting = asyncio.create_task(report())
     try:
         if target is None:
-            return await run_shard_async(plan, shard, config, fetcher, on_progress)
+            # the sandbox holds this shard only: repeats of other shards' URLs fetch at once
+            return await run_shard_async(
+                plan, shard, config, fetcher, on_progress, committed=NoOtherShards()
+            )
         return await run_shard_to(
             target, storage_options, plan, shard, config, fetcher, on_progress
         )

@@ -3,6 +3,8 @@ host's limits allow, learns from each answer, and retries what may heal with bac
 
 Which request goes when is the scheduler's business (fetch/scheduler.py: per-host queues); what
 each host is allowed is the adaptive limits' (fetch/aimd.py) and its breaker's (fetch/breaker.py).
+A body's share of the memory budget (fetch/budget.py) is released once `on_done` returns, unless
+`on_done` took it on (a shard hands it to its writer thread, which releases it once written).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ MAX_EXCUSED_THROTTLES = 3
 made the limiter learn), not a sign the URL is bad: up to this many such attempts per URL do not
 count against max_retry_attempts, nor lengthen its backoff."""
 """Answers that say the host is over its capacity: the host's rate is cut and Retry-After obeyed."""
+MAX_MALFORMED = 2
+"""Answers that are no valid HTTP (garbage, headers over the limit) a URL gets at most: the same
+server answers the same way again, so one retry is enough to tell a glitch from a habit."""
 MAX_RETRY_AFTER_SECONDS = 120.0
 _BACKOFF_CAP_SECONDS = 60.0
 
@@ -127,7 +132,9 @@ class Fetcher:
                 job.excused += 1
             max_attempts = 1 + self.config.max_retry_attempts
             counted = job.attempts - job.excused
-            if failure.retryable and counted < max_attempts and not job.batch.cancelled:
+            job.malformed += failure.malformed
+            retryable = failure.retryable and job.malformed < MAX_MALFORMED
+            if retryable and counted < max_attempts and not job.batch.cancelled:
                 delay = self._backoff(max(1, counted), failure.retry_after)
                 self.scheduler.retry_later(job, host, delay)
                 job.batch.retried += 1
@@ -136,7 +143,7 @@ class Fetcher:
                 status=failure.status,
                 error=failure.message,
                 http_status=failure.http_status,
-                retryable=failure.retryable,
+                retryable=retryable,
                 latency=failure.latency,
             )
         else:
@@ -144,7 +151,11 @@ class Fetcher:
             figures.successes += 1
         result.attempts = job.attempts
         result.elapsed_seconds = clock() - job.first_sent
-        await job.on_done(result)
+        try:
+            await job.on_done(result)
+        finally:
+            if result.memory is not None:  # on_done did not take the body on
+                result.memory.release()
         job.batch.done()
 
     async def _refuse(self, job: Job, host: Host) -> None:
@@ -188,7 +199,11 @@ class Fetcher:
         if not no_answer:
             host.breaker.on_answer()
         elif host_trouble and host.breaker.on_failure(
-            sent_at, now, failure.message, at_once=failure.unresolved
+            sent_at,
+            now,
+            failure.message,
+            at_once=failure.unresolved,
+            no_connection=failure.no_connection,
         ):
             figures.marked_down += 1
             self.scheduler.review(host)  # its queued jobs fail now, not after their waits

@@ -8,7 +8,8 @@ worth retrying goes back to its host with a ready time (its backoff); a host sen
 retries before fresh work, so a retry waits its backoff and its host's permission, never the
 whole queue. A host marked down by its circuit breaker (fetch/breaker.py) sends nothing: its
 jobs, due or not, go to `refuse` at once, taking no token and no place under its limits; once it
-has cooled down it may have one request in flight, the probe.
+has cooled down it may have one request in flight, the probe; so may a host that never
+answered once a request to it failed.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class Job:
     attempts: int = 0
     excused: int = 0
     """Throttled attempts not counted against the retry budget (see Fetcher._run_attempt)."""
+    malformed: int = 0
+    """Answers that were no valid HTTP (Fetcher._run_attempt)."""
     fails_alone: bool = False
     """It timed out or lost its connection while its host answered others (Fetcher._learn)."""
     first_sent: float | None = None
@@ -228,7 +231,10 @@ class Scheduler:
             return None
         if host.breaker.is_open(now):
             return now  # refusals send nothing
-        allowed = 1 if host.breaker.probing(now) else host.concurrency.allowed(self.share())
+        if host.breaker.probing(now) or host.breaker.doubtful():
+            allowed = 1
+        else:
+            allowed = host.concurrency.allowed(self.share())
         if host.in_flight >= allowed:
             return None
         return max(host.rate.available_at(now), host.blocked_until, host.work_ready_at())

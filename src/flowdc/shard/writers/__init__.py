@@ -1,9 +1,9 @@
-"""Sample writers: WebDataset tar shards and ImageFolder class folders."""
+"""Sample writers: WebDataset tar shards, ImageFolder class folders, Parquet shards."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from flowdc.core.layout import TEMP_MARK, shard_temp_prefixes
 
@@ -14,11 +14,13 @@ class SampleWriter(Protocol):
         key: str,
         extension: str,
         data: bytes,
-        meta_json: bytes,
+        meta: dict[str, Any],
         label: str | None,
         class_index: int | None,
     ) -> str:
-        """Write one sample; return where it went (tar member or path relative to the output)."""
+        """Write one sample (`meta`: its facts and extra columns, records.sample_meta); return
+        where it went (tar member, path relative to the output, or the Parquet row's
+        image.path)."""
 
     def commit(self) -> None:
         """Make the shard's samples final (called before the results and the marker)."""

@@ -8,6 +8,8 @@ The thread fills in each record's `path` itself; the records are read only after
 At most `limit` samples are held (gathered, queued or being written): when the disk falls
 behind, `put` waits for room without holding up the loop, so memory stays bounded. A failed
 write (a full disk) is raised by the next `put` and by `close`; later samples are dropped.
+A sample may carry a `release` callback (its body's memory budget, fetch/budget.py): the thread
+calls it once the sample is written or dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from flowdc.shard.writers import SampleWriter
@@ -24,7 +27,7 @@ QUEUE_LIMIT = 64
 BATCH = 16
 """Samples handed to the thread at once at most."""
 
-_Sample = tuple[dict[str, Any], tuple[Any, ...]]
+_Sample = tuple[dict[str, Any], tuple[Any, ...], Callable[[], None] | None]
 
 
 class BackgroundWriter:
@@ -39,14 +42,24 @@ class BackgroundWriter:
         self._thread.start()
         self._closed = False
 
-    async def put(self, record: dict[str, Any], *args: Any) -> None:
-        """Queue `writer.add(*args)`; the thread sets record["path"] to what it returns."""
+    async def put(
+        self, record: dict[str, Any], *args: Any, release: Callable[[], None] | None = None
+    ) -> None:
+        """Queue `writer.add(*args)`; the thread sets record["path"] to what it returns, then
+        calls `release` (also when the sample is dropped, here or there)."""
         if self.error is not None:
+            if release is not None:
+                release()
             raise self.error
         if not self._room.acquire(blocking=False):  # the disk is behind: wait for room
             self._hand_over()
-            await asyncio.get_running_loop().run_in_executor(None, self._room.acquire)
-        self._gathered.append((record, args))
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._room.acquire)
+            except BaseException:
+                if release is not None:
+                    release()
+                raise
+        self._gathered.append((record, args, release))
         if len(self._gathered) >= BATCH:
             self._hand_over()
         elif not self._hand_over_planned:
@@ -79,7 +92,7 @@ class BackgroundWriter:
             batch = self._queue.get()
             if batch is None:
                 return
-            for record, args in batch:
+            for record, args, release in batch:
                 try:
                     if self.error is None:  # else drain: the shard fails, nothing more is written
                         record["path"] = add(*args)
@@ -87,3 +100,5 @@ class BackgroundWriter:
                     self.error = exc
                 finally:
                     self._room.release()
+                    if release is not None:
+                        release()

@@ -2,12 +2,15 @@
 
 Each image is written under a temporary name and renamed. Its final path goes into the shard's
 journal first, so a rerun of a killed shard can remove every image (and temporary file) it left.
+The journal is locked (fcntl) while the shard runs: other processes see that it is alive.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 from flowdc.core.layout import TEMP_MARK, journal_path, temp_name
 
@@ -39,13 +42,14 @@ class FolderShardWriter:
         self.label_folders = label_folders
         self._made: set[str] = set()
         self._journal = open(journal_path(output, shard), "a", encoding="utf-8")
+        fcntl.lockf(self._journal.fileno(), fcntl.LOCK_EX)
 
     def add(
         self,
         key: str,
         extension: str,
         data: bytes,
-        meta_json: bytes,
+        meta: dict[str, Any],
         label: str | None,
         class_index: int | None,
     ) -> str:

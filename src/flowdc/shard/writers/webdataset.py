@@ -13,8 +13,10 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 from flowdc.core.layout import tar_path, temp_name
+from flowdc.shard.records import sample_meta_json
 from flowdc.shard.writers.direct import AppendFile
 
 _BLOCK = tarfile.BLOCKSIZE
@@ -67,14 +69,14 @@ class TarShardWriter:
         key: str,
         extension: str,
         data: bytes,
-        meta_json: bytes,
+        meta: dict[str, Any],
         label: str | None,
         class_index: int | None,
     ) -> str:
         image_name = f"{key}.{extension}"
         parts: list[bytes] = []
         self._member(parts, image_name, data)
-        self._member(parts, f"{key}.json", meta_json)
+        self._member(parts, f"{key}.json", sample_meta_json(meta))
         if class_index is not None:
             self._member(parts, f"{key}.cls", str(class_index).encode())
         if label is not None:
