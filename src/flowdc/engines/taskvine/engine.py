@@ -8,7 +8,8 @@ them by worker processes), so that ten workers are together as polite as one.
 
 Two storage modes. Gathered (the default for a local output): the shard's samples, results
 table and stats marker come back as output files into the output's `.flowdc-taskvine/incoming`,
-are checked against the plan (storage/verify.py) and committed here (storage/gather.py); a shard
+are checked against the plan (storage/verify.py) and committed (storage/gather.py) by checker
+processes (checker.py), while this loop goes on receiving and dispatching; a shard
 that fails the check is counted (`shards_rejected` in the run record and overview.json), its
 worker is distrusted for the rest of the run (told so in its next call, it leaves), and the
 shard runs again, at most MAX_REJECTIONS times. Shared (--shared_output, or s3://): workers
