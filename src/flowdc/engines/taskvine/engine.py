@@ -316,8 +316,9 @@ class _ShardRun:
         except (KeyError, TypeError, ValueError) as exc:
             self._failed(shard, f"{where} answered without the shard's stats ({exc})")
             return
-        if result.shard != shard:
-            self._failed(shard, f"{where} answered with the stats of shard {result.shard}")
+        counts = (result.rows, result.successes, result.failures, result.bytes)
+        if result.shard != shard or not all(isinstance(n, int) and n >= 0 for n in counts):
+            self._failed(shard, f"{where} answered with stats that are not this shard's")
             return
         self._done(result)
 
@@ -336,9 +337,10 @@ class _ShardRun:
             (self.session.outgoing / f"{shard:05d}.rows.parquet").unlink(missing_ok=True)
 
     def _progress(self) -> Progress:
-        """Committed shards plus the last line of each running call's watched progress file."""
+        """Committed shards plus the last line of the watched progress file of each shard
+        running or being checked."""
         totals = Progress(self.done.successes, self.done.failures, self.done.bytes)
-        for attempt in self.running.values():
+        for attempt in [*self.running.values(), *self.checking.values()]:
             counts = _last_progress(attempt.outputs[worker.PROGRESS_FILE])
             totals.successes += counts[0]
             totals.failures += counts[1]
