@@ -21,9 +21,11 @@ with the load, the CPU much less. Everything runs in this script's session (see 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,13 +63,19 @@ class CpuGroup:
         return int((self.path / "cpuacct.usage").read_text()) / 1e9
 
     def remove(self) -> None:
-        if self.path is not None:
-            for _ in range(50):  # its last processes may still be exiting
-                try:
-                    self.path.rmdir()
-                    return
-                except OSError:
-                    time.sleep(0.1)
+        """End what is left in the group (a vine_worker's transfer server may outlive it), then
+        the group."""
+        if self.path is None:
+            return
+        for _ in range(50):
+            for pid in (self.path / "tasks").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
 
 
 def timed(command: list[str], group: CpuGroup) -> float:

@@ -703,3 +703,40 @@ def test_manager_errors_are_one_line(tmp_path: Path) -> None:
             lines = done.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"flowdc: error: {message}"), lines
             assert not (tmp_path / "out").exists()  # a failed start leaves nothing behind
+
+
+# A user's script as written: no `if __name__ == "__main__":`; each import of it leaves a file
+# named after its process (the processes that check returned shards must not run it again).
+PLAIN_SCRIPT = """\
+import os, pathlib; pathlib.Path(f"imported-by-{{os.getpid()}}").touch()
+import flowdc
+r = flowdc.download(input={table!r}, output="ds", label="label", shard_size=10,
+                    enable_rate_limiting=False, progress=False, engine="taskvine", port={port})
+print(r.ok)
+"""
+
+
+def test_a_plain_script_needs_no_main_guard(
+    site: tuple[Path, Workers], fresh_server: ImageServer
+) -> None:
+    folder, workers = site
+    listing = _write_list(folder / "list.parquet", _mixed_urls(fresh_server, 30))
+    port = _free_port()
+    (folder / "my_download.py").write_text(PLAIN_SCRIPT.format(table=str(listing), port=port))
+    with open(folder / "script.log", "ab") as log:
+        script = subprocess.Popen(
+            [sys.executable, "my_download.py"],
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _until(lambda: "listening on port" in (folder / "script.log").read_text(), "the manager")
+        workers.start(port, "w1")
+        assert script.wait(timeout=WAIT) == 0, (folder / "script.log").read_text()
+    finally:
+        _kill_sessions(script.pid)
+    assert (folder / "script.log").read_text().splitlines()[-1] == "True"
+    assert len(list(folder.glob("imported-by-*"))) == 1  # the user's process only
+    assert len(list((folder / "ds").glob("*_stats.json"))) == 3
