@@ -399,8 +399,10 @@ def test_a_gathered_run_equals_the_local_engines(
     with running(manager):
         started = [workers.start(manager.port, f"w{i}") for i in range(2)]
         assert manager.wait() == 0, manager.text()
-        # a complete run tells its workers to exit
-        assert [w.process.wait(timeout=30) for w in started] == [0, 0]
+        # a complete run tells its workers to exit (one that connected too late to take a
+        # shard may have found no manager: it waits for the next one)
+        ran = {str(marker["worker"]) for marker in _markers(folder / "vine")}
+        assert [w.process.wait(timeout=30) for w in started if w.name in ran] == [0] * len(ran)
     local = subprocess.run(
         [sys.executable, "-m", "flowdc", "download", *_args(listing, folder / "local", *common)],
         capture_output=True,
