@@ -102,7 +102,8 @@ def s3() -> Iterator[dict[str, str]]:
         endpoint_url=env["AWS_ENDPOINT_URL"],
         skip_instance_cache=True,
     )
-    fs.mkdir("flowdc-test")
+    if not fs.exists("flowdc-test"):  # moto's state is the process's: another module's server
+        fs.mkdir("flowdc-test")  # may have made the bucket already
     try:
         yield env
     finally:
