@@ -399,8 +399,10 @@ def test_a_gathered_run_equals_the_local_engines(
     with running(manager):
         started = [workers.start(manager.port, f"w{i}") for i in range(2)]
         assert manager.wait() == 0, manager.text()
-        # a complete run tells its workers to exit
-        assert [w.process.wait(timeout=30) for w in started] == [0, 0]
+        # a complete run tells its workers to exit (one that connected too late to take a
+        # shard may have found no manager: it waits for the next one)
+        ran = {str(marker["worker"]) for marker in _markers(folder / "vine")}
+        assert [w.process.wait(timeout=30) for w in started if w.name in ran] == [0] * len(ran)
     local = subprocess.run(
         [sys.executable, "-m", "flowdc", "download", *_args(listing, folder / "local", *common)],
         capture_output=True,
@@ -434,7 +436,7 @@ def test_a_worker_killed_mid_shard_loses_nothing(
     site: tuple[Path, Workers], fresh_server: ImageServer
 ) -> None:
     folder, workers = site
-    listing = _write_list(folder / "list.parquet", _slow_urls(fresh_server, 64))
+    listing = _write_list(folder / "list.parquet", _slow_urls(fresh_server, 48))
     args = _args(listing, folder / "out", "--shard_size", "8", "--concurrent_downloads", "4")
     with running(Manager(folder, args)) as manager:
         victim = workers.start(manager.port, "victim")
@@ -443,14 +445,14 @@ def test_a_worker_killed_mid_shard_loses_nothing(
         time.sleep(0.7)  # a shard takes about 2.4 s: 8 URLs of 0.3 s, one at a time
         victim.kill()
         assert manager.wait() == 0, manager.text()
-    assert _check_dataset(folder / "out", 64) == {"success": 56, "failed_to_download": 8}
+    assert _check_dataset(folder / "out", 48) == {"success": 42, "failed_to_download": 6}
 
 
 def test_a_worker_that_joins_mid_run_takes_shards(
     site: tuple[Path, Workers], fresh_server: ImageServer
 ) -> None:
     folder, workers = site
-    listing = _write_list(folder / "list.parquet", _slow_urls(fresh_server, 64))
+    listing = _write_list(folder / "list.parquet", _slow_urls(fresh_server, 48))
     output = folder / "out"
     args = _args(listing, output, "--shard_size", "8", "--concurrent_downloads", "4")
     with running(Manager(folder, args)) as manager:
@@ -459,14 +461,14 @@ def test_a_worker_that_joins_mid_run_takes_shards(
         newcomer = workers.start(manager.port, "newcomer")
         assert manager.wait() == 0, manager.text()
     assert any(marker["worker"] == newcomer.name for marker in _markers(output))
-    _check_dataset(output, 64)
+    _check_dataset(output, 48)
 
 
 def test_a_killed_manager_resumes_when_the_command_runs_again(
     site: tuple[Path, Workers], fresh_server: ImageServer
 ) -> None:
     folder, workers = site
-    listing = _write_list(folder / "list.parquet", _slow_urls(fresh_server, 64))
+    listing = _write_list(folder / "list.parquet", _slow_urls(fresh_server, 48))
     output = folder / "out"
     args = _args(listing, output, "--shard_size", "8", "--concurrent_downloads", "4")
     manager = Manager(folder, args)
@@ -476,11 +478,11 @@ def test_a_killed_manager_resumes_when_the_command_runs_again(
         _until(lambda: list(output.glob("*_stats.json")), "a first committed shard")
         manager.kill()  # kill -9 of its whole session
     committed = len(list(output.glob("*_stats.json")))
-    assert committed < 8, "the run ended before the manager was killed"
+    assert committed < 6, "the run ended before the manager was killed"
     with running(manager):  # the same command; the workers come back by themselves
         assert manager.wait() == 0, manager.text()
     assert "already committed" in manager.text()
-    assert _check_dataset(output, 64) == {"success": 56, "failed_to_download": 8}
+    assert _check_dataset(output, 48) == {"success": 42, "failed_to_download": 6}
 
 
 def test_spoiled_shards_are_rejected_and_run_again_elsewhere(
@@ -703,3 +705,40 @@ def test_manager_errors_are_one_line(tmp_path: Path) -> None:
             lines = done.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"flowdc: error: {message}"), lines
             assert not (tmp_path / "out").exists()  # a failed start leaves nothing behind
+
+
+# A user's script as written: no `if __name__ == "__main__":`; each import of it leaves a file
+# named after its process (the processes that check returned shards must not run it again).
+PLAIN_SCRIPT = """\
+import os, pathlib; pathlib.Path(f"imported-by-{{os.getpid()}}").touch()
+import flowdc
+r = flowdc.download(input={table!r}, output="ds", label="label", shard_size=10,
+                    enable_rate_limiting=False, progress=False, engine="taskvine", port={port})
+print(r.ok)
+"""
+
+
+def test_a_plain_script_needs_no_main_guard(
+    site: tuple[Path, Workers], fresh_server: ImageServer
+) -> None:
+    folder, workers = site
+    listing = _write_list(folder / "list.parquet", _mixed_urls(fresh_server, 30))
+    port = _free_port()
+    (folder / "my_download.py").write_text(PLAIN_SCRIPT.format(table=str(listing), port=port))
+    with open(folder / "script.log", "ab") as log:
+        script = subprocess.Popen(
+            [sys.executable, "my_download.py"],
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _until(lambda: "listening on port" in (folder / "script.log").read_text(), "the manager")
+        workers.start(port, "w1")
+        assert script.wait(timeout=WAIT) == 0, (folder / "script.log").read_text()
+    finally:
+        _kill_sessions(script.pid)
+    assert (folder / "script.log").read_text().splitlines()[-1] == "True"
+    assert len(list(folder.glob("imported-by-*"))) == 1  # the user's process only
+    assert len(list((folder / "ds").glob("*_stats.json"))) == 3

@@ -228,3 +228,25 @@ def test_stats_of_the_wrong_shape_are_caught(returned: Returned) -> None:
     _rejected(returned, "not this shard's")
     returned.stats.write_text("{not json")
     _rejected(returned, "no JSON")
+
+
+def test_a_spoiled_header_is_caught(returned: Returned) -> None:
+    data = bytearray(returned.tar.read_bytes())
+    data[3] ^= 0x01  # the first member's name: its header's checksum no longer matches
+    returned.tar.write_bytes(bytes(data))
+    _rejected(returned, "no ustar header")
+
+
+def test_a_shard_with_repeated_urls_passes(server: ImageServer, tmp_path: Path) -> None:
+    """Rows that repeat a URL of their shard get their own sample of their owner's bytes
+    (shard/repeats.py): their members are theirs, with the owner's digest."""
+    urls = [server.url(f"img/{i // 2}.jpg") for i in range(ROWS)]
+    listing = tmp_path / "list.parquet"
+    pq.write_table(pa.table({"url": urls, "label": [f"c{i % 3}" for i in range(ROWS)]}), listing)
+    options = {**QUICK_RUN, "shard_size": ROWS, "label": "label"}
+    flowdc.download(input=str(listing), output=str(tmp_path / "made"), **options)
+    results = pq.read_table(results_path(tmp_path / "made", 0))
+    assert results.column("same_url_as").null_count < ROWS  # the repeats are there
+    (tmp_path / "back").mkdir()
+    returned = Returned(tmp_path / "made", tmp_path / "back")
+    commit_checked_shard(returned.plan, returned.check(), worker="w")  # type: ignore[arg-type]

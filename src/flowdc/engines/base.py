@@ -1,5 +1,6 @@
-"""What every engine shares: the interface the runner drives, progress and outcome types, and
-the set-up of a worker process's event loop.
+"""What every engine shares: the interface the runner drives, progress and outcome types, the
+set-up of a worker process's event loop, and how its child processes start (no pandas, no re-run
+of the caller's main module).
 
 An engine is given the plan, the config and a sink; it runs `run_shard` (through
 storage/remote.py's `run_shard_to`, which also handles object storage) for each pending shard
@@ -12,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from flowdc.config.options import DownloadConfig
 from flowdc.core.results import ShardResult
@@ -84,3 +87,51 @@ def install_event_loop_policy() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class _NoPandas:
+    """An import finder that refuses pandas (see without_pandas)."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is not imported in a worker", name=name)
+
+
+def without_pandas() -> None:
+    """pyarrow imports pandas (0.3-0.5 s, a quarter of a worker's start-up) the first time it
+    builds an array, only to ask whether its input is a pandas object. A worker never holds one,
+    nor does the `flowdc download` command's own process on the local engine (it did the import
+    while planning, before the workers could start), so the import is made to fail at once there:
+    pyarrow then works without pandas. Never in a program that imports FLOW-DC (it may want
+    pandas later), nor under Dask (its dashboard may)."""
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _NoPandas())
+
+
+@contextmanager
+def callers_main_hidden() -> Iterator[None]:
+    """While workers start, the main module shows neither `__spec__` nor `__file__`.
+
+    multiprocessing tells each process it starts (spawned, or forked from the fork server)
+    which module the parent's `__main__` is, and the child runs that module again, as
+    `__mp_main__`, before its target: a script that called `flowdc.download` at its top level
+    started a second download in every worker, which failed on the output's lock. A worker
+    needs FLOW-DC only (its target and arguments are FLOW-DC's), so it is told of no main
+    module and imports none: no guard needed, and no re-run of a notebook kernel's or the
+    `flowdc` program's main module either. Outside this block the main module is unchanged.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    names = vars(main)
+    saved = {name: names[name] for name in ("__spec__", "__file__") if name in names}
+    main.__spec__ = None
+    names.pop("__file__", None)
+    try:
+        yield
+    finally:
+        names.update(saved)
+        if "__spec__" not in saved:
+            del main.__spec__

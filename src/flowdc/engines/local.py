@@ -6,7 +6,7 @@ second shard only when fewer rows than its request slots are left in the first (
 once let the first worker to start take both shards of a two-shard run, leaving the other idle).
 Workers report progress and finished shards on a result queue; they exit when their parent dies.
 They import FLOW-DC only, never the caller's main module, so a script needs no
-`if __name__ == "__main__":` around `flowdc.download` (see _callers_main_hidden).
+`if __name__ == "__main__":` around `flowdc.download` (see engines/base.py's callers_main_hidden).
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from flowdc.config.options import DownloadConfig
@@ -35,32 +33,14 @@ from flowdc.engines.base import (
     EngineOutcome,
     Progress,
     ProgressSink,
+    callers_main_hidden,
     install_event_loop_policy,
+    without_pandas,
 )
 from flowdc.planning.plan import Plan
 
 TAIL_CHECK_SECONDS = 0.1
 """How often a worker looks whether its shard's tail has begun (time to take the next one)."""
-
-
-class _NoPandas:
-    """An import finder that refuses pandas (see without_pandas)."""
-
-    @staticmethod
-    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("pandas is not imported in a worker", name=name)
-
-
-def without_pandas() -> None:
-    """pyarrow imports pandas (0.3-0.5 s, a quarter of a worker's start-up) the first time it
-    builds an array, only to ask whether its input is a pandas object. A worker never holds one,
-    nor does the `flowdc download` command's own process on the local engine (it did the import
-    while planning, before the workers could start), so the import is made to fail at once there:
-    pyarrow then works without pandas. Never in a program that imports FLOW-DC (it may want
-    pandas later), nor under Dask (its dashboard may)."""
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _NoPandas())
 
 
 def _tune_garbage_collector() -> None:
@@ -86,34 +66,6 @@ def _worker_context() -> Any:
     context = mp.get_context("forkserver")
     context.set_forkserver_preload(["flowdc.engines.local", "flowdc.storage.remote", "uvloop"])
     return context
-
-
-@contextmanager
-def _callers_main_hidden() -> Iterator[None]:
-    """While workers start, the main module shows neither `__spec__` nor `__file__`.
-
-    multiprocessing tells each process it starts (spawned, or forked from the fork server)
-    which module the parent's `__main__` is, and the child runs that module again, as
-    `__mp_main__`, before its target: a script that called `flowdc.download` at its top level
-    started a second download in every worker, which failed on the output's lock. A worker
-    needs FLOW-DC only (its target and arguments are FLOW-DC's), so it is told of no main
-    module and imports none: no guard needed, and no re-run of a notebook kernel's or the
-    `flowdc` program's main module either. Outside this block the main module is unchanged.
-    """
-    main = sys.modules.get("__main__")
-    if main is None:
-        yield
-        return
-    names = vars(main)
-    saved = {name: names[name] for name in ("__spec__", "__file__") if name in names}
-    main.__spec__ = None
-    names.pop("__file__", None)
-    try:
-        yield
-    finally:
-        names.update(saved)
-        if "__spec__" not in saved:
-            del main.__spec__
 
 
 def _watch_parent(lifeline: Any) -> None:
@@ -265,7 +217,7 @@ class WorkerPool:
             )
             for index in range(self.count)
         ]
-        with _callers_main_hidden():
+        with callers_main_hidden():
             for worker in self.workers:
                 worker.start()
 

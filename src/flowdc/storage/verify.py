@@ -43,6 +43,7 @@ MAX_TRAILER_BYTES = 1 << 20
 """Zero bytes allowed after the end of an archive (its end blocks and record padding)."""
 _BLOCK = tarfile.BLOCKSIZE
 _ZERO_BLOCK = bytes(_BLOCK)
+_USTAR = b"ustar\x0000"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _EXTENSION = re.compile(r"[a-z0-9]{1,5}")
 STATUSES = frozenset(
@@ -94,7 +95,7 @@ def check_returned_shard(
     table = _read_results(results)
     expected, images = _expected_members(plan, shard, rows, table)
     seen = set()
-    with open(tar, "rb") as handle:
+    with open(tar, "rb", buffering=1 << 20) as handle:
         for member in read_members(handle, lambda name, size: size <= KEPT_MEMBER_BYTES):
             want = expected.get(member.name)
             if want is None or member.name in seen:
@@ -212,20 +213,10 @@ def read_members(handle: BinaryIO, keep: Callable[[str, int], bool]) -> Iterator
             raise ShardRejected("its archive is cut short (no end-of-archive blocks)")
         if header == _ZERO_BLOCK:
             break
-        try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")
-        except (tarfile.TarError, UnicodeDecodeError, ValueError) as exc:
-            raise ShardRejected(f"its archive does not read ({exc})") from None
-        name = info.name
-        if info.size < 0:
-            raise ShardRejected(f"its archive gives {name!r} a negative size")
-        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            raise ShardRejected(f"its archive holds {name!r}, which is no regular file")
-        if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
-            raise ShardRejected(f"its archive holds the name {name!r}, which is no member name")
+        name, size = _regular_file(header)
         digest = hashlib.sha256()
-        kept = [] if keep(name, info.size) else None
-        left = info.size
+        kept = [] if keep(name, size) else None
+        left = size
         while left:
             chunk = handle.read(min(left, 1 << 20))
             if not chunk:
@@ -234,16 +225,53 @@ def read_members(handle: BinaryIO, keep: Callable[[str, int], bool]) -> Iterator
             if kept is not None:
                 kept.append(chunk)
             left -= len(chunk)
-        padding = handle.read(-info.size % _BLOCK)
-        if padding.count(0) != len(padding) or len(padding) != -info.size % _BLOCK:
+        padding = handle.read(-size % _BLOCK)
+        if padding.count(0) != len(padding) or len(padding) != -size % _BLOCK:
             raise ShardRejected(f"its archive has data hidden after {name!r}")
         data = b"".join(kept) if kept is not None else None
-        yield Member(name, info.size, digest.hexdigest(), data)
+        yield Member(name, size, digest.hexdigest(), data)
     trailer = 0
     while chunk := handle.read(1 << 16):
         trailer += len(chunk)
         if chunk.count(0) != len(chunk) or trailer > MAX_TRAILER_BYTES:
             raise ShardRejected("its archive has data after its end")
+
+
+def _regular_file(header: bytes) -> tuple[str, int]:
+    """Name and size of a ustar header (as FLOW-DC's writers make them) for a regular file with a
+    flat name; ShardRejected for anything else. Parsed here, not by tarfile's TarInfo.frombuf,
+    which reads every field and cost 40 us a member (a third of the check of a returned shard)."""
+    checksum = _octal(header[148:156])
+    if checksum != sum(header) - sum(header[148:156]) + 8 * 32 or header[257:265] != _USTAR:
+        raise ShardRejected("its archive does not read (a header that is no ustar header)")
+    raw = header[:100].split(b"\0", 1)[0]
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ShardRejected(
+            f"its archive holds the name {raw!r}, which is no member name"
+        ) from None
+    if header[156:157] not in (b"0", b"\0"):
+        raise ShardRejected(f"its archive holds {name!r}, which is no regular file")
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or header[345:500].strip(b"\0")
+    ):
+        raise ShardRejected(f"its archive holds the name {name!r}, which is no member name")
+    size = _octal(header[124:136])
+    if size is None:
+        raise ShardRejected(f"its archive gives {name!r} no size it can read")
+    return name, size
+
+
+def _octal(field: bytes) -> int | None:
+    digits = field.strip(b"\0 ")
+    if not digits or digits.strip(b"01234567"):
+        return None
+    return int(digits, 8)
 
 
 def _read_stats(path: Path, shard: int) -> dict[str, Any]:

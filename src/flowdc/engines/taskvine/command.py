@@ -6,9 +6,10 @@ bin folder first on PATH (the library that runs the shards is started as `python
 this environment's), a workspace of its own, one core per function slot, and neither
 TCP_LOW_PORT nor TCP_HIGH_PORT from the environment (a value left by a TaskVine manager would
 make the worker fail to bind its transfer port). The worker runs in a session of its own; on
-Ctrl-C or SIGTERM that session (the worker, its library, the shards it runs) is ended, and the
-worker exits by itself when this process dies (--parent-death). A worker that the manager
-distrusts leaves (worker.py), and this prints why.
+Ctrl-C or SIGTERM that session (the worker, its library, the shards it runs) is ended, and
+whatever is left of it when the worker exits (a vine_worker can leave its transfer server
+running); the worker exits by itself when this process dies (--parent-death). A worker that the
+manager distrusts leaves (worker.py), and this prints why.
 """
 
 from __future__ import annotations

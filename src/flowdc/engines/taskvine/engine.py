@@ -8,7 +8,8 @@ them by worker processes), so that ten workers are together as polite as one.
 
 Two storage modes. Gathered (the default for a local output): the shard's samples, results
 table and stats marker come back as output files into the output's `.flowdc-taskvine/incoming`,
-are checked against the plan (storage/verify.py) and committed here (storage/gather.py); a shard
+are checked against the plan (storage/verify.py) and committed (storage/gather.py) by checker
+processes (checker.py), while this loop goes on receiving and dispatching; a shard
 that fails the check is counted (`shards_rejected` in the run record and overview.json), its
 worker is distrusted for the rest of the run (told so in its next call, it leaves), and the
 shard runs again, at most MAX_REJECTIONS times. Shared (--shared_output, or s3://): workers
@@ -31,16 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from flowdc.config.options import DownloadConfig
-from flowdc.core.errors import ShardRejected
-from flowdc.core.layout import is_committed, is_remote
+from flowdc.core.layout import is_remote
 from flowdc.core.results import ShardResult
 from flowdc.core.version import __version__
 from flowdc.engines.base import Echo, Engine, EngineOutcome, Progress, ProgressSink
 from flowdc.engines.taskvine import manager as vine_manager
 from flowdc.engines.taskvine import worker
+from flowdc.engines.taskvine.checker import Checkers
 from flowdc.planning.plan import Plan
-from flowdc.storage.gather import commit_checked_shard
-from flowdc.storage.verify import check_returned_shard
 
 TASK_RETRIES = 2
 """More attempts of a shard whose call failed on its worker (a lost worker costs none)."""
@@ -50,6 +49,8 @@ came from another worker: one is distrusted, and leaves, after its first)."""
 REFUSED_DELAY = 1.0
 """Seconds before a shard a worker refused (another version, distrusted) is offered again."""
 MAX_REPLY_BYTES = 1 << 20
+CHECK_POLL = 0.2
+"""Seconds between looks at the checker when nothing else is left to wait for."""
 _PROGRESS_TAIL = 256
 
 
@@ -59,6 +60,9 @@ class _Attempt:
     task: Any
     outputs: dict[str, Path]
     files: list[Any] = field(default_factory=list)
+    identity: str = ""
+    """How the worker that ran it named itself (host:pid of its vine_worker)."""
+    where: str = ""
 
 
 class TaskVineEngine(Engine):
@@ -126,6 +130,8 @@ class _ShardRun:
         self.queue: deque[int] = deque(sorted(shards))
         self.later: list[tuple[float, int]] = []  # refused shards, offered again after a delay
         self.running: dict[int, _Attempt] = {}
+        self.checking: dict[int, _Attempt] = {}  # returned shards the checker holds
+        self.checker: Checkers | None = None
         self.submitted: Counter[int] = Counter()
         self.failures: Counter[int] = Counter()
         self.rejections: Counter[int] = Counter()
@@ -143,18 +149,29 @@ class _ShardRun:
         self.plan_file = self.manager.declare_file(str(plan_path), cache=True, peer_transfer=False)
 
     def run(self) -> EngineOutcome:
-        while self.queue or self.running or self.later:
-            now = time.monotonic()
-            while self.later and self.later[0][0] <= now:
-                self.queue.appendleft(self.later.pop(0)[1])
-            workers = vine_manager.connected_workers(self.manager)
-            self._top_up(workers)
-            task = self.manager.wait(1)
-            if task is not None:
-                self._finish(task)
-            waiting = bool(self.queue) or self.manager.stats.tasks_waiting > 0
-            self.idle.check(workers, waiting)
-            self.sink.progress(self._progress())
+        self.checker = Checkers(self.plan.output) if self.gathered else None
+        try:
+            while self.queue or self.running or self.later or self.checking:
+                now = time.monotonic()
+                while self.later and self.later[0][0] <= now:
+                    self.queue.appendleft(self.later.pop(0)[1])
+                workers = vine_manager.connected_workers(self.manager)
+                self._top_up(workers)
+                if self.running or self.queue or self.checker is None:
+                    task = self.manager.wait(1)
+                    if task is not None:
+                        self._finish(task)
+                else:  # only checks left: TaskVine's wait would hold the answers up to 1 s
+                    self.checker.wait(CHECK_POLL)
+                if self.checker is not None:
+                    for answer in self.checker.answers():
+                        self._checked(*answer)
+                waiting = bool(self.queue) or self.manager.stats.tasks_waiting > 0
+                self.idle.check(workers, waiting)
+                self.sink.progress(self._progress())
+        finally:
+            if self.checker is not None:
+                self.checker.close()
         self.manager.undeclare_file(self.plan_file)
         return self.outcome
 
@@ -219,22 +236,42 @@ class _ShardRun:
             return
         for declared in attempt.files:
             self.manager.undeclare_file(declared)
-        try:
-            reply = _read_reply(attempt.outputs[worker.REPLY_FILE])
-            where = f"worker {task.hostname} ({task.addrport})"
-            if task.result != "success" or reply is None:
-                self._failed(attempt.shard, f"its call on {where} ended as {task.result}")
-            elif reply.get("refused"):
-                self._refused(attempt.shard, reply, where)
-            elif not reply.get("ok"):
-                self._failed(attempt.shard, f"on {where}: {str(reply.get('error'))[:1000]}")
-            elif self.gathered:
-                self._commit(attempt, reply, where)
-            else:
-                self._shared_done(attempt.shard, reply, where)
-        finally:
-            for path in attempt.outputs.values():
-                path.unlink(missing_ok=True)
+        reply = _read_reply(attempt.outputs[worker.REPLY_FILE])
+        attempt.where = where = f"worker {task.hostname} ({task.addrport})"
+        if task.result != "success" or reply is None:
+            self._failed(attempt.shard, f"its call on {where} ended as {task.result}")
+        elif reply.get("refused"):
+            self._refused(attempt.shard, reply, where)
+        elif not reply.get("ok"):
+            self._failed(attempt.shard, f"on {where}: {str(reply.get('error'))[:1000]}")
+        elif self.checker is not None:  # gathered: its files wait for the checker
+            attempt.identity = str(reply.get("identity"))[:200]
+            self.checking[attempt.shard] = attempt
+            files = attempt.outputs
+            self.checker.submit(
+                attempt.shard,
+                files[worker.TAR_FILE],
+                files[worker.RESULTS_FILE],
+                files[worker.STATS_FILE],
+                attempt.identity,
+            )
+            return
+        else:
+            self._shared_done(attempt.shard, reply, where)
+        _remove(attempt)
+
+    def _checked(self, kind: str, shard: int, value: Any) -> None:
+        """The checker's answer on a returned shard."""
+        attempt = self.checking.pop(shard)
+        _remove(attempt)
+        if kind == "done":
+            self._done(value)
+        elif kind == "rejected":
+            self._rejected(shard, attempt.identity, attempt.where, value)
+        elif kind == "failed":
+            self._failed(shard, f"from {attempt.where}: {value}")
+        else:
+            self._give_up(shard, value)
 
     def _requeue(self, shard: int) -> None:
         self.queue.appendleft(shard)
@@ -262,36 +299,6 @@ class _ShardRun:
             )
         self.later.append((time.monotonic() + REFUSED_DELAY, shard))
 
-    def _commit(self, attempt: _Attempt, reply: dict[str, Any], where: str) -> None:
-        shard, files = attempt.shard, attempt.outputs
-        output = Path(self.plan.output)
-        if is_committed(output, shard):
-            self._done(ShardResult.load(output, shard))
-            return
-        identity = str(reply.get("identity"))[:200]
-        try:
-            checked = check_returned_shard(
-                self.plan,
-                shard,
-                self.plan.read_shard(shard),
-                files[worker.TAR_FILE],
-                files[worker.RESULTS_FILE],
-                files[worker.STATS_FILE],
-            )
-        except ShardRejected as why:
-            self._rejected(shard, identity, where, str(why))
-            return
-        except OSError as exc:
-            self._failed(shard, f"its files from {where} do not read: {exc}")
-            return
-        try:
-            result = commit_checked_shard(self.plan, checked, worker=identity)
-        except OSError as exc:  # a full disk, an unwritable output: the shard stays pending
-            self._give_up(shard, f"cannot commit it: {exc.strerror or exc}")
-            return
-        result.skipped = False
-        self._done(result)
-
     def _rejected(self, shard: int, identity: str, where: str, why: str) -> None:
         self.outcome.counters["shards_rejected"] += 1
         self.rejections[shard] += 1
@@ -309,8 +316,9 @@ class _ShardRun:
         except (KeyError, TypeError, ValueError) as exc:
             self._failed(shard, f"{where} answered without the shard's stats ({exc})")
             return
-        if result.shard != shard:
-            self._failed(shard, f"{where} answered with the stats of shard {result.shard}")
+        counts = (result.rows, result.successes, result.failures, result.bytes)
+        if result.shard != shard or not all(isinstance(n, int) and n >= 0 for n in counts):
+            self._failed(shard, f"{where} answered with stats that are not this shard's")
             return
         self._done(result)
 
@@ -329,14 +337,21 @@ class _ShardRun:
             (self.session.outgoing / f"{shard:05d}.rows.parquet").unlink(missing_ok=True)
 
     def _progress(self) -> Progress:
-        """Committed shards plus the last line of each running call's watched progress file."""
+        """Committed shards plus the last line of the watched progress file of each shard
+        running or being checked."""
         totals = Progress(self.done.successes, self.done.failures, self.done.bytes)
-        for attempt in self.running.values():
+        for attempt in [*self.running.values(), *self.checking.values()]:
             counts = _last_progress(attempt.outputs[worker.PROGRESS_FILE])
             totals.successes += counts[0]
             totals.failures += counts[1]
             totals.bytes += counts[2]
         return totals
+
+
+def _remove(attempt: _Attempt) -> None:
+    """The files an attempt left here (a committed tar was renamed away already)."""
+    for path in attempt.outputs.values():
+        path.unlink(missing_ok=True)
 
 
 def _read_reply(path: Path) -> dict[str, Any] | None:

@@ -171,6 +171,9 @@ def _configure(manager: Any, config: DownloadConfig) -> None:
     with quiet_stderr():  # TaskVine warns, on stderr, that temporary files are not shared
         manager.disable_peer_transfers()
     manager.set_property("flowdc_version", __version__)
+    # a slot is free again only once its finished call's files are back: send the next call
+    # then, rather than after every finished call has been returned to this loop
+    manager.tune("prefer-dispatch", 1)
 
 
 def _install_library(manager: Any) -> None:
@@ -228,8 +231,10 @@ def close_session(session: Session, shutdown_workers: bool) -> None:
             # worker says it is gone: ask again while workers remain
             manager.remove_library(LIBRARY)
             deadline = time.monotonic() + SHUTDOWN_WAIT
-            while manager.stats.workers_connected and time.monotonic() < deadline:
+            while True:
                 manager.workers_shutdown(0)
+                if not manager.stats.workers_connected or time.monotonic() > deadline:
+                    break
                 manager.wait(1)
     finally:
         session.stack.close()

@@ -232,6 +232,9 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
     plan_json = Path(PLAN_FILE).read_text(encoding="utf-8")
     rows = pq.read_table(ROWS_FILE)
     if request["mode"] == "gathered":
+        from flowdc.shard.writers.webdataset import TarShardWriter
+
+        TarShardWriter.direct = False  # this fork's tar is read back at once, to be sent
         scratch = Path("shard-output").resolve()
         scratch.mkdir()
         plan = sandbox_plan(plan_json, rows, str(scratch))
