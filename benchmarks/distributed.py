@@ -107,9 +107,9 @@ def start_cluster(work: Path, processes: list[subprocess.Popen], group: CpuGroup
                 stdout=log,
                 stderr=log,
                 preexec_fn=group.join,
+                cwd=work,  # not this script's folder: `-m distributed` would find this file
             )
         )
-    # a child process: in this script's folder, `import distributed` would find this file
     wait = f"from distributed import Client; Client({address!r}).wait_for_workers(2, timeout=60)"
     subprocess.run([sys.executable, "-c", wait], check=True, timeout=90, cwd=work)
     return address
