@@ -1,4 +1,5 @@
-"""The per-host limits' arithmetic, on a fake clock: token bucket, AIMD, concurrency, opt-out."""
+"""The per-host limits' arithmetic on a fake clock (pacing, cuts, climbs, flaky hosts,
+concurrency, opt-out), and the rate controller against simulated hosts (tests/rate_sim.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import math
 import pytest
 
 from flowdc.shard.fetch.aimd import (
-    ADDITIVE_MIN,
-    ADDITIVE_SHARE,
     DECREASE_FACTOR,
+    DELIVERED_MARGIN,
+    NEAR_MARGIN,
+    PROBE_ANSWERS,
+    PROBE_GROWTH,
     SLOW_START_STEP,
     AdaptiveConcurrency,
     AdaptiveRate,
     RateSettings,
 )
 from flowdc.shard.fetch.robots import opt_out_directive
+from tests.rate_sim import HiddenHost, Outcome, simulate
 
 
 def bucket(
@@ -32,7 +36,7 @@ def take_all_at(rate: AdaptiveRate, now: float) -> int:
     return taken
 
 
-def test_burst_then_one_token_per_interval() -> None:
+def test_fixed_rate_takes_its_burst_then_one_token_per_interval() -> None:
     rate = bucket(initial=16, capacity=5, adaptive=False)  # 1/16 s: exact in binary
     assert take_all_at(rate, 0.0) == 5
     assert rate.available_at(0.0) == 0.0625
@@ -41,37 +45,39 @@ def test_burst_then_one_token_per_interval() -> None:
     assert take_all_at(rate, 2.0) == 5  # 1.75 s would refill 28 tokens; the bucket holds 5
 
 
-def test_burst_is_at_most_one_second_of_the_rate() -> None:
+def test_fixed_burst_is_at_most_one_second_of_the_rate() -> None:
     rate = bucket(initial=2, capacity=20, adaptive=False)
     assert take_all_at(rate, 100.0) == 2
 
 
-def test_idle_time_saves_no_more_than_the_burst() -> None:
-    rate = bucket(initial=10, capacity=3, adaptive=False)
-    take_all_at(rate, 0.0)
-    assert take_all_at(rate, 1000.0) == 3
+def test_adaptive_rate_is_paced_evenly_with_no_burst() -> None:
+    """Hosts that allow no burst refuse the second request inside 1/rate of the first."""
+    rate = bucket(initial=16, capacity=20)
+    assert take_all_at(rate, 0.0) == 1
+    assert take_all_at(rate, 1000.0) == 1  # idle time saves nothing up
+    assert rate.available_at(1000.0) == 1000.0625
 
 
 def test_fixed_rate_does_not_adapt() -> None:
     rate = bucket(initial=20, adaptive=False)
-    rate.on_success()
+    rate.on_success(sent_at=1.0, now=1.05)
     assert rate.on_throttle(sent_at=1.0, now=1.1) is False
     assert rate.rate == 20
 
 
 def test_slow_start_adds_a_step_per_success_up_to_the_ceiling() -> None:
     rate = bucket(initial=20, ceiling=21)
-    rate.on_success()
+    rate.on_success(sent_at=0.0, now=0.1)
     assert rate.rate == pytest.approx(20 + SLOW_START_STEP)
     for _ in range(100):
-        rate.on_success()
+        rate.on_success(sent_at=0.0, now=0.1)
     assert rate.rate == 21
 
 
 def test_throttle_cuts_once_per_burst() -> None:
     rate = bucket(initial=40)
     assert rate.on_throttle(sent_at=1.0, now=1.2)
-    assert rate.rate == pytest.approx(40 * DECREASE_FACTOR)
+    assert rate.rate == pytest.approx(40 * DECREASE_FACTOR)  # too few answers for more
     # answers to requests sent before the cut are the same burst: no second cut
     assert not rate.on_throttle(sent_at=1.1, now=1.25)
     assert rate.rate == pytest.approx(40 * DECREASE_FACTOR)
@@ -81,18 +87,46 @@ def test_throttle_cuts_once_per_burst() -> None:
     assert rate.cuts == 2
 
 
-def test_after_a_cut_growth_is_additive() -> None:
+def test_a_cut_lands_under_what_the_host_delivered() -> None:
+    rate = bucket(initial=20, ceiling=1000)
+    rate.take(0.0)
+    for index in range(40):  # 40 answers over 4 s, 12 of them successes: 3 a second
+        now = 0.1 * (index + 1)
+        if index % 10 < 3:
+            rate.on_success(sent_at=now - 0.05, now=now)
+        else:
+            rate.on_throttle(sent_at=-1.0, now=now)  # sent before: no cut yet
+    assert rate.on_throttle(sent_at=3.9, now=4.0)
+    assert rate.rate == pytest.approx(DELIVERED_MARGIN * 12 / 4)
+
+
+def test_after_a_clean_stretch_a_refusal_steps_down_just_under_it() -> None:
     rate = bucket(initial=10)
     rate.on_throttle(sent_at=0.0, now=0.0)
-    assert not rate.slow_start
+    now = 0.0
+    for _ in range(200):
+        now += 0.1
+        rate.on_success(sent_at=now - 0.05, now=now)
+    refused_at = rate.rate
+    assert rate.on_throttle(sent_at=now, now=now + 0.05)
+    assert rate.rate == pytest.approx(NEAR_MARGIN * refused_at)
+    assert rate.good_rate == rate.rate  # no quick climb past it: it probes slowly from there
+
+
+def test_after_a_cut_the_rate_climbs_back_quickly_to_the_good_rate_then_slowly() -> None:
+    rate = bucket(initial=40, ceiling=1000)
+    rate.on_throttle(sent_at=0.0, now=0.0)  # 40 -> 28, good rate halfway: 34
+    assert rate.good_rate == pytest.approx((28 + 40) / 2)
+    successes = 0
+    while rate.rate < rate.good_rate and successes < 100:
+        rate.on_success(sent_at=1.0, now=1.0)
+        successes += 1
+    assert successes == math.ceil(6 / SLOW_START_STEP)  # +6 requests/s in 24 answers
     before = rate.rate
-    rate.on_success()
-    step = max(ADDITIVE_MIN, ADDITIVE_SHARE * 10)
-    assert rate.rate == pytest.approx(before + step / before)
-    # at full use (successes at `rate` per second) that is `step` requests/s per second
-    for _ in range(round(rate.rate * 4)):
-        rate.on_success()
-    assert rate.rate == pytest.approx(before + 5 * step, rel=0.1)
+    for _ in range(PROBE_ANSWERS):
+        rate.on_success(sent_at=1.0, now=1.0)
+    # past the good rate: +5% per the longer of 30 answers and 10 s of answers
+    assert rate.rate < before * (1 + PROBE_GROWTH)
 
 
 def test_floor_holds_under_any_number_of_cuts() -> None:
@@ -102,28 +136,59 @@ def test_floor_holds_under_any_number_of_cuts() -> None:
     assert rate.rate == 2
 
 
-def test_a_cut_spends_no_saved_burst() -> None:
-    rate = bucket(initial=10, capacity=10)
-    rate.on_throttle(sent_at=5.0, now=5.0)
-    assert rate.available_at(5.0) == 5.0
-    assert take_all_at(rate, 5.0) == 1  # not the 7 tokens of a full bucket at rate 7
+def test_a_cut_keeps_the_new_spacing_from_the_last_request() -> None:
+    rate = bucket(initial=10)
+    rate.take(5.0)
+    rate.on_throttle(sent_at=5.0, now=5.05)  # 10 -> 7 requests/s
+    assert rate.available_at(5.05) == pytest.approx(5.0 + 1 / 7)
 
 
-def test_two_processes_converge_on_equal_shares() -> None:
-    """Two independent controllers over one host of capacity 30 req/s, started unequal."""
-    a, b = bucket(initial=25, ceiling=1000), bucket(initial=2, ceiling=1000)
-    a.slow_start = b.slow_start = False
-    now = 0.0
-    for _ in range(4000):  # 400 s in steps of 0.1 s
-        now += 0.1
-        if a.rate + b.rate > 30:  # the host pushes back on both
-            a.on_throttle(now, now)
-            b.on_throttle(now, now)
-        else:
-            for controller in (a, b):
-                for _ in range(max(1, round(controller.rate * 0.1))):
-                    controller.on_success()
-    assert abs(a.rate - b.rate) < 0.25 * max(a.rate, b.rate)
+@pytest.mark.parametrize("latency", [0.05, 0.5])
+@pytest.mark.parametrize(
+    ("limit", "burst", "says_rate"),
+    [
+        (10, 0, True),
+        (3, 0, True),
+        (40, 0, True),
+        (10, 10, True),
+        (100, 100, True),
+        (10, 0, False),
+        (5, 5, False),
+        (50, 50, False),
+    ],
+)
+def test_a_host_gets_close_to_its_limit_and_is_not_flooded(
+    limit: float, burst: float, says_rate: bool, latency: float
+) -> None:
+    """Hosts with and without burst, refusing with 429 (or Retry-After) or a bare 503, reached
+    from a start at 20 requests/s: two minutes on a fake clock (tests/rate_sim.py)."""
+    outcome = simulate(HiddenHost(limit, burst), 120, latency=latency, refusal_says_rate=says_rate)
+    assert outcome.accepted >= 0.75 * limit * 120
+    assert outcome.refused <= 0.08 * len(outcome.sent)
+    settled = [at for at in outcome.sent if at >= 10]  # the first climb is over
+    assert Outcome(settled, 0, 0, 0, outcome.controller).most_in_window() <= 1.2 * limit * 10
+    assert outcome.controller.flakiness.noise_share == 0  # a throttling host is not flaky
+
+
+@pytest.mark.parametrize("latency", [0.05, 0.5])
+@pytest.mark.parametrize("share", [0.1, 0.2, 0.3])
+def test_a_flaky_host_keeps_its_rate(share: float, latency: float) -> None:
+    """A host that answers a share of requests 503 (no Retry-After) whatever the rate: its
+    rate is not driven down by the refusals (before, it ended at the floor)."""
+    host = HiddenHost(1000, burst=1000, flaky=share)
+    outcome = simulate(host, 120, latency=latency, refusal_says_rate=False)
+    assert outcome.controller.flakiness.noise_share > 0
+    assert outcome.controller.rate >= 20
+
+
+def test_two_processes_share_a_host_under_its_limit() -> None:
+    """Two independent controllers against one host of 30 requests/s with no burst: together
+    close to its limit, not above it once settled."""
+    host = HiddenHost(30)
+    outcome = simulate(host, 120, latency=0.1, clients=2)
+    assert outcome.accepted >= 0.75 * 30 * 120
+    settled = [at for at in outcome.sent if at >= 10]
+    assert Outcome(settled, 0, 0, 0, outcome.controller).most_in_window() <= 1.2 * 30 * 10
 
 
 def test_concurrency_grows_only_while_in_use_and_never_above_the_share() -> None:

@@ -1,28 +1,69 @@
-"""Per-host adaptive limits: a token bucket whose rate adapts by AIMD, and a concurrency limit
+"""Per-host adaptive limits: an evenly paced rate that adapts by AIMD (cut to just under what the
+host delivered, back quickly to that good rate, then additive increase), and a concurrency limit
 that shrinks when a host slows down. Pure arithmetic on a clock the caller passes in, so the
 tests drive it with a fake clock.
 
-Why independent copies of this control (one per worker process) still share a host fairly: every
-process sees the same signal (the host's 429s come when the sum of their rates passes the host's
-capacity), every process then cuts its own rate by the same factor, and every process adds the
-same absolute step while the host answers well. A multiplicative cut shrinks the gap between two
-processes' rates, an equal additive step keeps it, so the rates converge on equal shares of the
-capacity (Chiu and Jain, 1989: the argument TCP's congestion control rests on).
+Why independent copies of this control (one per worker process, on one machine or several)
+still share a host fairly and stay under its limit together: every process sees the same signal
+(the host refuses when the sum of their rates passes its limit), and every process then cuts its
+rate to just under what it delivered, which is its share of what the host takes; the slow probing
+past that is the same small step in every process (tests/test_limits.py runs two against one
+simulated host).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 DECREASE_FACTOR = 0.7
-"""Rate and concurrency are multiplied by this on a throttle signal (429, 503, timeout)."""
+"""A throttle soon after a cut cuts the rate to at most this share of it (also on timeouts);
+concurrency is always cut by it."""
+DELIVERED_MARGIN = 0.9
+"""... and to at most this share of the rate the host delivered (its successes per second over
+DELIVERY_WINDOW): the host just showed what it takes, so the cut lands under it at once instead
+of after several cuts of 0.7."""
+DELIVERY_WINDOW = 4.0
+DELIVERED_EVIDENCE = 8
+"""Answers in the window before the delivered rate is believed: at a start at two requests in
+flight, the first refusal can come before the client has sent more than the host takes."""
 SLOW_START_STEP = 0.25
-"""Before the first throttle, each success adds this many requests/s: +25% a second at full use."""
-ADDITIVE_SHARE = 0.05
-"""After a throttle, the rate grows by this share of the rate it was cut from, per second."""
-ADDITIVE_MIN = 0.1
-"""... and by at least this many requests/s per second, the same in every process."""
+"""Before the first throttle, each success adds this many requests/s: +25% a second at full use.
+After a cut, the same quick climb takes the rate back up to its target (the good rate)."""
+NEAR_MARGIN = 0.95
+"""A throttle after a long clean stretch (CLEAN_ANSWERS) found the host's limit just below the
+rate: the rate steps down to this share of it and stays there."""
+CLEAN_ANSWERS = 10
+PROBE_GROWTH = 0.05
+PROBE_ANSWERS = 30
+PROBE_SECONDS_PER_STEP = 10.0
+"""At or above the good rate, the rate grows by PROBE_GROWTH per PROBE_ANSWERS answers or per
+PROBE_SECONDS_PER_STEP seconds of full use, whichever is slower: each crossing of the host's
+limit costs a refusal or a few, so crossings are made rare (under 3% of requests). Each step
+clean past the good rate doubles the next (up to PROBE_DOUBLINGS times): a rate far below the
+limit, after a cut on too little evidence, climbs back in a few steps."""
+PROBE_DOUBLINGS = 5
+RECENT_ANSWERS = 40
+"""The refusal share a throttle is judged by is over this many of the host's last answers."""
+FLAKY_TEST_ANSWERS = 30
+FLAKY_EARLY_ANSWERS = 5
+FLAKY_WORSE = 1.5
+FLAKY_WORSE_SHARE = 0.3
+FLAKY_MIN_REFUSED = 2
+FLAKY_SAME_SHARE = 0.5
+FLAKY_MAX_SHARE = 0.5
+FLAKY_TEST_SECONDS = 60.0
+THROTTLER_SECONDS = 300.0
+RETEST_SECONDS = 10.0
+FLAKY_SERIES_SECONDS = 30.0
+"""The test of FlakinessCheck: its length, the refusals and share (of the share before) that
+make a host flaky, and how long a host it showed to be throttling is not tested again (when it
+did not refuse once at the lower rate; after one refusal, the test is made again soon)."""
+FIRST_WINDOW_SPACING = 1.0
+"""In the first DELIVERY_WINDOW, when no test can be made yet, refusals that may be noise cut at
+most once per this many seconds."""
+NOISE_MARGIN = 0.25
 SLOW_LATENCY_FACTOR = 3.0
 SLOW_LATENCY_SLACK = 0.5
 """A host is slow when its smoothed latency passes factor x its best latency + slack seconds."""
@@ -45,13 +86,100 @@ class RateSettings:
     adaptive: bool = True
 
 
+class FlakinessCheck:
+    """Tells a flaky host from a throttling one by their refusals that do not say what they are
+    about (503 without Retry-After): does their share fall when the rate falls?
+
+    The first such refusal starts a test: the rate is halved (or cut under what the host
+    delivered, if that is less) for FLAKY_TEST_ANSWERS answers, during which such refusals do
+    not cut again. A host over its limit stops refusing there (its share was at most
+    FLAKY_MAX_SHARE, so half the rate is under the limit); a host that fails a share of
+    requests whatever the rate goes on refusing. A flaky host gets its rate back, and the share
+    it refused at half the rate is its noise: such refusals cut again only when their share
+    passes it by NOISE_MARGIN. A host that refuses more during the test than before it ends the
+    test at once as a throttler."""
+
+    def __init__(self) -> None:
+        self.testing_since: float | None = None
+        self.share_before = 0.0
+        self.restore_to = 0.0
+        self.answers = 0
+        self.refused = 0
+        self.noise_share = 0.0
+        self.throttler_until = -math.inf
+        self.peak = 0.0
+        """The rate before the cuts of the last FLAKY_SERIES_SECONDS, given back to a flaky host."""
+        self.last_cut = -math.inf
+
+    def note_cut(self, now: float, rate: float) -> None:
+        """A cut from `rate` for a refusal that may be noise."""
+        if now - self.last_cut > FLAKY_SERIES_SECONDS:
+            self.peak = 0.0
+        self.peak = max(self.peak, rate)
+        self.last_cut = now
+
+    def holds(self, now: float, recent: deque[bool]) -> bool:
+        """Whether a refusal that may be noise must not cut now (a test runs, or it is noise)."""
+        if self.testing_since is not None:
+            worse = self.answers >= FLAKY_EARLY_ANSWERS and self.refused > self.answers * max(
+                FLAKY_WORSE * self.share_before, FLAKY_WORSE_SHARE
+            )
+            if not worse and now - self.testing_since <= FLAKY_TEST_SECONDS:
+                return True
+            self._throttler(now)
+            return False
+        if self.noise_share == 0:
+            return False
+        share = sum(recent) / len(recent)
+        return len(recent) < (recent.maxlen or 0) or share <= self.noise_share + NOISE_MARGIN
+
+    def starts_test(self, now: float, rate: float, recent: deque[bool]) -> bool:
+        """Whether this refusal starts a test (the caller then cuts to half the rate)."""
+        share = sum(recent) / len(recent)
+        if self.noise_share > 0 or now < self.throttler_until or share > FLAKY_MAX_SHARE:
+            return False
+        self.testing_since, self.share_before = now, share
+        self.restore_to = max(rate, self.peak)
+        self.answers = self.refused = 0
+        return True
+
+    def verdict(self, sent_at: float, refused: bool, now: float) -> float | None:
+        """Count an answer; the rate to restore when the test just showed noise."""
+        if self.testing_since is None or sent_at < self.testing_since:
+            return None
+        self.answers += 1
+        self.refused += refused
+        if self.answers < FLAKY_TEST_ANSWERS:
+            return None
+        share = self.refused / self.answers
+        if self.refused >= FLAKY_MIN_REFUSED and share >= FLAKY_SAME_SHARE * self.share_before:
+            self.testing_since = None
+            self.noise_share = share
+            return self.restore_to
+        if self.refused == 0:
+            self._throttler(now)
+            return None
+        self._throttler(now, sure=False)  # one refusal: too few to tell, try again soon
+        return self.restore_to
+
+    def _throttler(self, now: float, sure: bool = True) -> None:
+        """No test for a while: a long one when the host stopped refusing at the lower rate."""
+        self.testing_since = None
+        self.throttler_until = now + (THROTTLER_SECONDS if sure else RETEST_SECONDS)
+
+
 class AdaptiveRate:
-    """A GCRA token bucket (a reservation clock: waiters are served in order, no herd) whose
-    rate grows while a host answers well and is cut on 429, 503 and timeouts.
+    """A GCRA reservation clock (waiters are served in order, no herd) whose rate grows while a
+    host answers well and is cut on 429, 503 and timeouts.
+
+    An adaptive rate is paced evenly, one request every 1/rate seconds, with no burst: many
+    servers refuse the second request that comes inside 1/rate of the first (nginx's limit_req
+    without burst), and a client that spends its tokens in bursts is refused there far below
+    the host's real rate. A fixed rate (--no-adaptive_rate_limit) takes the configured burst.
 
     A throttle counts once per burst: only an answer to a request sent after the last cut can
-    cut again, so the answers already in flight when the host first pushed back do not each
-    halve the rate (the cooldown).
+    cut again, so the answers already in flight when the host first pushed back do not each cut
+    the rate (the cooldown).
     """
 
     def __init__(self, settings: RateSettings) -> None:
@@ -60,12 +188,26 @@ class AdaptiveRate:
         self.next_free = -math.inf
         self.slow_start = settings.adaptive
         self.last_cut = -math.inf
-        self.cut_from = self.rate
+        self.good_rate = 0.0
+        """The quick climb after a cut goes up to this rate; slow probing goes on past it."""
         self.cuts = 0
+        self.first_sent: float | None = None
+        self.last_taken = -math.inf
+        self.window: deque[tuple[float, bool]] = deque()
+        """(time, success) of the answers in the last DELIVERY_WINDOW."""
+        self.recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # refused or not
+        self.answers_since_cut = 0
+        self.refused_since_cut = 0
+        self.probe_answers = 0
+        """Successes at or past the good rate since the last cut."""
+        self.flakiness = FlakinessCheck()
 
     @property
     def burst(self) -> float:
-        """Tokens that may be spent at once: the configured capacity, at most one second's."""
+        """Tokens that may be spent at once: one for an adaptive rate, else the configured
+        capacity, at most one second's."""
+        if self.settings.adaptive:
+            return 1.0
         return max(1.0, min(float(self.settings.capacity), self.rate))
 
     def available_at(self, now: float) -> float:
@@ -75,30 +217,103 @@ class AdaptiveRate:
 
     def take(self, now: float) -> None:
         """Spend a token; call only when available_at(now) <= now."""
+        if self.first_sent is None:
+            self.first_sent = now
+        self.last_taken = now
         self.next_free = max(self.next_free, now) + 1.0 / self.rate
 
-    def on_success(self) -> None:
+    def delivered_rate(self, now: float) -> float | None:
+        """Successes per second over the last DELIVERY_WINDOW, or the time DELIVERED_EVIDENCE
+        answers take at the rate if longer (or since the first request, at least one second);
+        None on too few answers to tell."""
+        horizon = max(DELIVERY_WINDOW, DELIVERED_EVIDENCE / self.rate)
+        while self.window and self.window[0][0] < now - horizon:
+            self.window.popleft()
+        if self.first_sent is None or len(self.window) < DELIVERED_EVIDENCE:
+            return None
+        span = min(horizon, max(1.0, now - self.first_sent))
+        return sum(ok for _, ok in self.window) / span
+
+    def on_success(self, sent_at: float, now: float) -> None:
         if not self.settings.adaptive:
             return
+        self._answer(sent_at, now, refused=False)
+        self.answers_since_cut += sent_at >= self.last_cut
         if self.slow_start:
             self.rate += SLOW_START_STEP
+        elif self.rate < self.good_rate:
+            self.rate = min(self.good_rate, self.rate + SLOW_START_STEP)
         else:
-            step_per_second = max(ADDITIVE_MIN, ADDITIVE_SHARE * self.cut_from)
-            self.rate += step_per_second / self.rate
+            answers_per_step = max(PROBE_ANSWERS, PROBE_SECONDS_PER_STEP * self.rate)
+            steps = min(PROBE_DOUBLINGS, self.probe_answers // answers_per_step)
+            self.rate += self.rate * PROBE_GROWTH * 2**steps / answers_per_step
+            self.probe_answers += 1
         self.rate = min(self.rate, self.settings.ceiling)
 
-    def on_throttle(self, sent_at: float, now: float) -> bool:
-        """A 429, 503 or timeout for a request sent at `sent_at`; True when it cut the rate."""
-        if not self.settings.adaptive or sent_at < self.last_cut:
+    def on_throttle(self, sent_at: float, now: float, may_be_noise: bool = False) -> bool:
+        """A 429, 503 or timeout for a request sent at `sent_at`; True when it cut the rate.
+
+        After a long clean stretch the refusal marks the host's limit: the rate steps down just
+        under it. Otherwise (in the first climb, or soon after a cut) the rate is cut under what
+        the host delivered, and climbs quickly back to halfway between there and the refused
+        rate (a binary search for the limit), then probes slowly.
+
+        `may_be_noise`: a refusal that does not say it is about the rate (a 503 without
+        Retry-After), which a flaky host gives whatever the rate (FlakinessCheck)."""
+        if not self.settings.adaptive:
             return False
-        self.cut_from = self.rate
-        self.rate = max(self.settings.floor, self.rate * DECREASE_FACTOR)
+        self._answer(sent_at, now, refused=True)
+        if sent_at < self.last_cut:
+            return False
+        self.answers_since_cut += 1
+        self.refused_since_cut += 1
+        if may_be_noise and (
+            self.flakiness.holds(now, self.recent)
+            or (self._first_window(now) and now - self.last_cut < FIRST_WINDOW_SPACING)
+        ):
+            return False
+        refused_rate = self.rate
+        delivered = self.delivered_rate(now)
+        if may_be_noise:
+            self.flakiness.note_cut(now, refused_rate)
+        if (
+            may_be_noise
+            and not self._first_window(now)  # it may end far above the limit, or in a burst
+            and self.flakiness.starts_test(now, refused_rate, self.recent)
+        ):
+            self.rate = self.good_rate = refused_rate / 2
+            if delivered is not None:
+                self.rate = self.good_rate = min(self.rate, DELIVERED_MARGIN * delivered)
+        elif (
+            not self.slow_start
+            and self.refused_since_cut == 1
+            and (self.answers_since_cut > CLEAN_ANSWERS)
+        ):
+            self.rate = self.good_rate = NEAR_MARGIN * refused_rate
+        else:
+            self.rate *= DECREASE_FACTOR
+            if delivered is not None:
+                self.rate = min(self.rate, DELIVERED_MARGIN * delivered)
+            self.good_rate = (self.rate + refused_rate) / 2
+        self.rate = max(self.settings.floor, self.rate)
         self.slow_start = False
         self.last_cut = now
+        self.answers_since_cut = self.refused_since_cut = self.probe_answers = 0
         self.cuts += 1
-        # spend no saved-up burst right after a cut: the host just said it is full
-        self.next_free = max(self.next_free, now + (self.burst - 1.0) / self.rate)
+        # the next request keeps the new spacing from the last one: none saved up is spent
+        self.next_free = max(self.next_free, now, self.last_taken + 1.0 / self.rate)
         return True
+
+    def _first_window(self, now: float) -> bool:
+        return self.first_sent is None or now - self.first_sent < DELIVERY_WINDOW
+
+    def _answer(self, sent_at: float, now: float, refused: bool) -> None:
+        self.window.append((now, not refused))
+        self.recent.append(refused)
+        restore = self.flakiness.verdict(sent_at, refused, now)
+        if restore is not None:  # the host is flaky: the cuts were for nothing
+            self.rate = self.good_rate = max(self.rate, restore)
+            self.probe_answers = 0
 
 
 class AdaptiveConcurrency:

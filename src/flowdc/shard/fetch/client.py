@@ -208,13 +208,14 @@ class Fetcher:
             figures.marked_down += 1
             self.scheduler.review(host)  # its queued jobs fail now, not after their waits
         if failure is None:
-            host.rate.on_success()
+            host.rate.on_success(sent_at, now)
         elif failure.timed_out and host_trouble:
             host.rate.on_throttle(sent_at, now)
             host.concurrency.on_timeout(sent_at, now)
         elif failure.http_status in THROTTLE_STATUS:
             figures.throttled += 1
-            host.rate.on_throttle(sent_at, now)
+            not_about_rate = failure.http_status == 503 and failure.retry_after is None
+            host.rate.on_throttle(sent_at, now, may_be_noise=not_about_rate)
             if failure.retry_after is not None:
                 wait = min(failure.retry_after, MAX_RETRY_AFTER_SECONDS)
                 held_until = max(host.blocked_until, now)
@@ -222,7 +223,7 @@ class Fetcher:
                     figures.held_seconds += now + wait - held_until
                     host.blocked_until = now + wait
         elif failure.http_status is not None:
-            host.rate.on_success()  # a 404 is a healthy answer
+            host.rate.on_success(sent_at, now)  # a 404 is a healthy answer
         figures.rate = host.rate.rate
         figures.concurrency = host.concurrency.allowed(self.scheduler.share())
 
