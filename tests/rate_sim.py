@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass, field
 
 from flowdc.shard.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
+from flowdc.shard.fetch.pace import LocalPace
 
 
 @dataclass
@@ -83,12 +84,22 @@ def simulate(
     latency: float = 0.1,
     refusal_says_rate: bool = True,
     clients: int = 1,
+    shared: bool = False,
 ) -> Outcome:
     """Run `clients` clients (each its own controller, as worker processes are) against `host`
     for `seconds`. `refusal_says_rate`: the host's refusals are 429s (or carry Retry-After);
-    else 503s without it, which may be a flaky host's noise."""
+    else 503s without it, which may be a flaky host's noise. `shared`: the clients take their
+    turns from one pace, as the processes of one machine do (fetch/pace.py), and each holds the
+    machine's rate; else each paces on its own with its share of the limits (machines)."""
+    machine_pace = LocalPace()
+    share = 1 if shared else clients
     group = [
-        Client(AdaptiveRate(RateSettings(initial / clients, 0.5 / clients, 500.0, 20)))
+        Client(
+            AdaptiveRate(
+                RateSettings(initial / share, 0.5 / share, 500.0, 20),
+                machine_pace if shared else None,
+            )
+        )
         for _ in range(clients)
     ]
     sent: list[float] = []
@@ -108,7 +119,8 @@ def simulate(
                 noise = kind == "flaky" or not refusal_says_rate
                 each.controller.on_throttle(sent_at, now, may_be_noise=noise)
             continue
-        each.controller.take(now)
+        if not each.controller.try_take(now):
+            continue  # another client of the machine took the turn
         sent.append(now)
         if not host.accepts(now):
             refused += 1

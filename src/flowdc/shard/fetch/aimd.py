@@ -17,6 +17,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from flowdc.shard.fetch.pace import LocalPace, SharedPace
+
 DECREASE_FACTOR = 0.7
 """A throttle soon after a cut cuts the rate to at most this share of it (also on timeouts);
 concurrency is always cut by it."""
@@ -47,9 +49,9 @@ PROBE_DOUBLINGS = 5
 RECENT_ANSWERS = 40
 """The refusal share a throttle is judged by is over this many of the host's last answers."""
 FLAKY_TEST_ANSWERS = 30
-FLAKY_EARLY_ANSWERS = 5
-FLAKY_WORSE = 1.5
-FLAKY_WORSE_SHARE = 0.3
+FLAKY_EARLY_ANSWERS = 10
+FLAKY_WORSE = 2.0
+FLAKY_WORSE_SHARE = 0.5
 FLAKY_MIN_REFUSED = 2
 FLAKY_SAME_SHARE = 0.5
 FLAKY_MAX_SHARE = 0.5
@@ -182,10 +184,11 @@ class AdaptiveRate:
     the rate (the cooldown).
     """
 
-    def __init__(self, settings: RateSettings) -> None:
+    def __init__(self, settings: RateSettings, pace: LocalPace | SharedPace | None = None) -> None:
         self.settings = settings
+        self.pace = pace or LocalPace()
+        """Where the turns are taken: this process's, or the machine's (fetch/pace.py)."""
         self.rate = min(max(settings.initial, settings.floor), settings.ceiling)
-        self.next_free = -math.inf
         self.slow_start = settings.adaptive
         self.last_cut = -math.inf
         self.good_rate = 0.0
@@ -193,8 +196,9 @@ class AdaptiveRate:
         self.cuts = 0
         self.first_sent: float | None = None
         self.last_taken = -math.inf
-        self.window: deque[tuple[float, bool]] = deque()
-        """(time, success) of the answers in the last DELIVERY_WINDOW."""
+        self.window: deque[tuple[float, int]] = deque()
+        """(time, the pace's successes then) at this process's answers in the delivery window."""
+        self.delivered_before = self.pace.successes()  # the successes before the window
         self.recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # refused or not
         self.answers_since_cut = 0
         self.refused_since_cut = 0
@@ -213,14 +217,16 @@ class AdaptiveRate:
     def available_at(self, now: float) -> float:
         """When the next token may be taken (now or later)."""
         tolerance = (self.burst - 1.0) / self.rate
-        return max(now, self.next_free - tolerance)
+        return max(now, self.pace.next_free() - tolerance)
 
-    def take(self, now: float) -> None:
-        """Spend a token; call only when available_at(now) <= now."""
+    def try_take(self, now: float) -> bool:
+        """Spend a token if one is available now (another process may just have taken it)."""
+        if not self.pace.claim(now, 1.0 / self.rate, (self.burst - 1.0) / self.rate):
+            return False
         if self.first_sent is None:
             self.first_sent = now
         self.last_taken = now
-        self.next_free = max(self.next_free, now) + 1.0 / self.rate
+        return True
 
     def delivered_rate(self, now: float) -> float | None:
         """Successes per second over the last DELIVERY_WINDOW, or the time DELIVERED_EVIDENCE
@@ -228,11 +234,11 @@ class AdaptiveRate:
         None on too few answers to tell."""
         horizon = max(DELIVERY_WINDOW, DELIVERED_EVIDENCE / self.rate)
         while self.window and self.window[0][0] < now - horizon:
-            self.window.popleft()
+            self.delivered_before = self.window.popleft()[1]
         if self.first_sent is None or len(self.window) < DELIVERED_EVIDENCE:
             return None
         span = min(horizon, max(1.0, now - self.first_sent))
-        return sum(ok for _, ok in self.window) / span
+        return (self.pace.successes() - self.delivered_before) / span
 
     def on_success(self, sent_at: float, now: float) -> None:
         if not self.settings.adaptive:
@@ -301,14 +307,16 @@ class AdaptiveRate:
         self.answers_since_cut = self.refused_since_cut = self.probe_answers = 0
         self.cuts += 1
         # the next request keeps the new spacing from the last one: none saved up is spent
-        self.next_free = max(self.next_free, now, self.last_taken + 1.0 / self.rate)
+        self.pace.push_back(max(now, self.last_taken + 1.0 / self.rate))
         return True
 
     def _first_window(self, now: float) -> bool:
         return self.first_sent is None or now - self.first_sent < DELIVERY_WINDOW
 
     def _answer(self, sent_at: float, now: float, refused: bool) -> None:
-        self.window.append((now, not refused))
+        if not refused:
+            self.pace.add_success()
+        self.window.append((now, self.pace.successes()))
         self.recent.append(refused)
         restore = self.flakiness.verdict(sent_at, refused, now)
         if restore is not None:  # the host is flaky: the cuts were for nothing

@@ -28,6 +28,7 @@ from yarl import URL
 
 from flowdc.shard.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
 from flowdc.shard.fetch.breaker import NO_BREAKER, Breaker, BreakerSettings
+from flowdc.shard.fetch.pace import LocalPace, SharedPace
 
 Clock = Callable[[], float]
 KEEP_HOSTS = 4096
@@ -166,8 +167,11 @@ class Scheduler:
         refuse: Callable[[Job, Host], Awaitable[None]],
         breaker: BreakerSettings = NO_BREAKER,
         clock: Clock = time.monotonic,
+        pace_for: Callable[[str], LocalPace | SharedPace] = lambda _host: LocalPace(),
     ) -> None:
+        """`pace_for` gives a host's pacing: this process's (the default) or the machine's."""
         self.slots = slots
+        self.pace_for = pace_for
         self.rate_settings = rate
         self.breaker_settings = breaker
         self.attempt = attempt
@@ -185,7 +189,7 @@ class Scheduler:
         if host is None:
             settings = self.rate_settings or RateSettings(math.inf, math.inf, math.inf, 1, False)
             host = self.hosts[name] = Host(
-                name, AdaptiveRate(settings), Breaker(self.breaker_settings)
+                name, AdaptiveRate(settings, self.pace_for(name)), Breaker(self.breaker_settings)
             )
         return host
 
@@ -260,13 +264,15 @@ class Scheduler:
             now = self.clock()
             # checked again: a Retry-After, a cut or a busy slot may have come while it waited
             start = self._start_time(host, now)
-            job = host.next_job(now) if start is not None and start <= now else None
+            refused = host.breaker.is_open(now)
+            ready = start is not None and start <= now
+            # the token is the host's on this machine: another process may just have taken it
+            ready = ready and (refused or host.rate.try_take(now))
+            job = host.next_job(now) if ready else None
             if job is None or job.batch.cancelled:
                 self._after(host)
                 continue
-            refused = host.breaker.is_open(now)
             if not refused:
-                host.rate.take(now)
                 host.in_flight += 1
             self.review(host)  # it may send again at once: back of the round robin
             try:
