@@ -12,6 +12,8 @@ other: what two of them need lives here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -76,6 +78,14 @@ class Engine(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook, empty by default)
         """Release what `prepare` or `run` started (called also when planning failed)."""
+
+
+def plan_id(plan: Plan) -> str:
+    """Names a plan apart from its output folder: Dask task keys (so a replanned output never
+    reuses an old task's result) and the machine's pacing table of a run (fetch/pace.py)."""
+    data = json.loads(plan.to_json())
+    data.pop("output")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def install_event_loop_policy() -> None:

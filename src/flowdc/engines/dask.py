@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -40,6 +38,7 @@ from flowdc.engines.base import (
     Progress,
     ProgressSink,
     install_event_loop_policy,
+    plan_id,
 )
 from flowdc.planning.plan import Plan
 from flowdc.storage.remote import run_shard_to, worker_plan
@@ -51,13 +50,6 @@ _WORKER_ADDRESS = re.compile(r"((tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):
 # A scheduler's HTTP server (health, metrics; bound to the scheduler's host) tries port 8787
 # first and warns before it takes a free one; on a shared machine that is no news.
 warnings.filterwarnings("ignore", message="Port 8787 is already in use", category=UserWarning)
-
-
-def plan_id(plan: Plan) -> str:
-    """Names the plan in task keys, so a replanned output never reuses an old task's result."""
-    data = json.loads(plan.to_json())
-    data.pop("output")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _dashboard(host: str) -> str | None:
@@ -208,10 +200,15 @@ class _ProgressTracker:
             )
 
 
-def _worker_processes(client: Any) -> tuple[int, int]:
-    """(worker processes, task threads) the scheduler knows now."""
+def _worker_processes(client: Any) -> tuple[int, int, int]:
+    """(worker processes, task threads, machines) the scheduler knows now; a machine is a host
+    part of the workers' addresses."""
     threads = client.nthreads()
-    return len(threads), sum(threads.values())
+    machines = {
+        match.group(3) if (match := _WORKER_ADDRESS.fullmatch(address)) else address
+        for address in threads
+    }
+    return len(threads), sum(threads.values()), len(machines)
 
 
 class DaskEngine(Engine):
@@ -246,7 +243,7 @@ def _run_on_cluster(
         client.subscribe_topic(topic, tracker.on_event)
         running: dict[Any, int] = {}
         while queue or running:
-            processes, threads = _worker_processes(client) if queue else (0, 0)
+            processes, threads, machines = _worker_processes(client) if queue else (0, 0, 0)
             while queue and len(running) < max(2 * threads, 2 * SHARDS_PER_WORKER):
                 shard = queue.pop()
                 future = client.submit(
@@ -257,6 +254,7 @@ def _run_on_cluster(
                     shard,
                     config_data,
                     max(1, processes),
+                    max(1, machines),
                     topic,
                     key=f"flowdc-{pid}-{shard:05d}",
                     retries=TASK_RETRIES,
@@ -308,14 +306,24 @@ class _WorkerState:
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=5)
 
-    async def _acquire(self, config: DownloadConfig, share: int) -> tuple[str, Any]:
+    async def _acquire(
+        self, config: DownloadConfig, share: tuple[int, int, str]
+    ) -> tuple[str, Any]:
         from flowdc.shard.fetch.client import Fetcher
 
-        key = f"{config.model_dump_json()}/{share}"
+        processes, machines, run_key = share
+        key = f"{config.model_dump_json()}/{processes}/{machines}/{run_key}"
         self.latest = key
         if key not in self.fetchers:
-            concurrency = max(1, config.concurrent_downloads // share)
-            self.fetchers[key] = [Fetcher(config, concurrency=concurrency, processes=share), 0]
+            concurrency = max(1, config.concurrent_downloads // processes)
+            fetcher = Fetcher(
+                config,
+                concurrency=concurrency,
+                processes=processes,
+                run_key=run_key,
+                machines=machines,
+            )
+            self.fetchers[key] = [fetcher, 0]
         self.fetchers[key][1] += 1
         return key, self.fetchers[key][0]
 
@@ -334,9 +342,10 @@ class _WorkerState:
         plan: Plan,
         shard: int,
         config: DownloadConfig,
-        share: int,
+        share: tuple[int, int, str],
         report: Callable[[list[int]], None],
     ) -> ShardResult:
+        """`share`: (the run's worker processes, its machines, its plan's id)."""
         key, fetcher = await self._acquire(config, share)
         delta = [0, 0, 0]  # successes, failures, bytes since the last report
 
@@ -376,9 +385,11 @@ def run_shard_task(
     shard: int,
     config_data: dict[str, Any],
     share: int,
+    machines: int,
     topic: str,
 ) -> ShardResult:
-    """The Dask task: run one shard on this worker; `share` worker processes split the limits."""
+    """The Dask task: run one shard on this worker; `share` worker processes on `machines`
+    machines split the limits (fetch/client.py's Fetcher)."""
     global _state
     from distributed import get_worker
 
@@ -394,7 +405,7 @@ def run_shard_task(
         plan,
         shard,
         config,
-        share,
+        (share, machines, plan_key),
         lambda counts: worker.log_event(topic, counts),
     )
     return asyncio.run_coroutine_threadsafe(job, _state.loop).result()

@@ -35,6 +35,7 @@ from flowdc.engines.base import (
     ProgressSink,
     callers_main_hidden,
     install_event_loop_policy,
+    plan_id,
     without_pandas,
 )
 from flowdc.planning.plan import Plan
@@ -123,7 +124,10 @@ async def _worker_loop(
 
     loop = asyncio.get_running_loop()
     fetcher = Fetcher(
-        config, concurrency=max(1, config.concurrent_downloads // processes), processes=processes
+        config,
+        concurrency=max(1, config.concurrent_downloads // processes),
+        processes=processes,
+        run_key=plan_id(plan),
     )
     waiting: tuple[int, int, int, str] | None = first
     delta = [0, 0, 0]  # successes, failures, bytes since the last report

@@ -35,7 +35,7 @@ from flowdc.config.options import DownloadConfig
 from flowdc.core.layout import is_remote
 from flowdc.core.results import ShardResult
 from flowdc.core.version import __version__
-from flowdc.engines.base import Echo, Engine, EngineOutcome, Progress, ProgressSink
+from flowdc.engines.base import Echo, Engine, EngineOutcome, Progress, ProgressSink, plan_id
 from flowdc.engines.taskvine import manager as vine_manager
 from flowdc.engines.taskvine import worker
 from flowdc.engines.taskvine.checker import Checkers
@@ -121,6 +121,7 @@ class _ShardRun:
         self.session = session
         self.manager = session.manager
         self.plan = plan
+        self.run_key = plan_id(plan)
         self.sink = sink
         self.config = config
         self.echo = echo
@@ -183,12 +184,24 @@ class _ShardRun:
             if entry["addrport"] not in self.idle.foreign
         )
 
+    def _machines(self, workers: list[dict[str, Any]]) -> int:
+        """Machines (worker addresses without the port) of the workers that may take shards:
+        the processes of one machine pace each host together (fetch/pace.py)."""
+        return len(
+            {
+                entry["addrport"].rsplit(":", 1)[0]
+                for entry in workers
+                if entry["addrport"] not in self.idle.foreign
+            }
+        )
+
     def _top_up(self, workers: list[dict[str, Any]]) -> None:
         slots = self._slots(workers)
+        machines = self._machines(workers)
         while self.queue and slots and len(self.running) < 2 * slots:
-            self._submit(self.queue.popleft(), slots)
+            self._submit(self.queue.popleft(), slots, machines)
 
-    def _submit(self, shard: int, share: int) -> None:
+    def _submit(self, shard: int, share: int, machines: int) -> None:
         self.submitted[shard] += 1
         stem = f"{shard:05d}-{self.submitted[shard]}"
         names = [worker.PROGRESS_FILE, worker.REPLY_FILE]
@@ -204,6 +217,8 @@ class _ShardRun:
             "storage_options": self.config.storage_options if not self.gathered else None,
             "config": self.config_data,
             "share": share,
+            "machines": machines,
+            "run": self.run_key,
             "distrusted": sorted(self.distrusted),
             "outputs": names,
         }

@@ -228,7 +228,11 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
         }
     config = DownloadConfig(**request["config"])
     shard = int(request["shard"])
-    share = max(1, int(request["share"]))
+    share = (
+        max(1, int(request["share"])),
+        max(1, int(request.get("machines", 1))),
+        str(request.get("run", "")),
+    )
     plan_json = Path(PLAN_FILE).read_text(encoding="utf-8")
     rows = pq.read_table(ROWS_FILE)
     if request["mode"] == "gathered":
@@ -259,7 +263,7 @@ async def _run(
     plan: SandboxPlan,
     shard: int,
     config: DownloadConfig,
-    share: int,
+    share: tuple[int, int, str],
     target: str | None,
     storage_options: dict[str, Any] | None,
 ) -> ShardResult:
@@ -286,8 +290,13 @@ async def _run(
                     progress.write(" ".join(map(str, written)) + "\n")
                     progress.flush()
 
+    processes, machines, run_key = share  # the run's processes and machines, its plan's id
     fetcher = Fetcher(
-        config, concurrency=max(1, config.concurrent_downloads // share), processes=share
+        config,
+        concurrency=max(1, config.concurrent_downloads // processes),
+        processes=processes,
+        run_key=run_key or None,
+        machines=machines,
     )
     reporting = asyncio.create_task(report())
     try:

@@ -17,7 +17,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from flowdc.shard.fetch.pace import LocalPace, SharedPace
+from flowdc.shard.fetch.pace import LocalPace, RateState, SharedPace
 
 DECREASE_FACTOR = 0.7
 """A throttle soon after a cut cuts the rate to at most this share of it (also on timeouts);
@@ -62,9 +62,6 @@ FLAKY_SERIES_SECONDS = 30.0
 """The test of FlakinessCheck: its length, the refusals and share (of the share before) that
 make a host flaky, and how long a host it showed to be throttling is not tested again (when it
 did not refuse once at the lower rate; after one refusal, the test is made again soon)."""
-FIRST_WINDOW_SPACING = 1.0
-"""In the first DELIVERY_WINDOW, when no test can be made yet, refusals that may be noise cut at
-most once per this many seconds."""
 NOISE_MARGIN = 0.25
 SLOW_LATENCY_FACTOR = 3.0
 SLOW_LATENCY_SLACK = 0.5
@@ -185,20 +182,19 @@ class AdaptiveRate:
     """
 
     def __init__(self, settings: RateSettings, pace: LocalPace | SharedPace | None = None) -> None:
+        """`pace`: where the host's rate, turns and successes are kept: this process's, or
+        the machine's (fetch/pace.py), which every process of the run on it changes."""
         self.settings = settings
         self.pace = pace or LocalPace()
-        """Where the turns are taken: this process's, or the machine's (fetch/pace.py)."""
-        self.rate = min(max(settings.initial, settings.floor), settings.ceiling)
-        self.slow_start = settings.adaptive
-        self.last_cut = -math.inf
-        self.good_rate = 0.0
-        """The quick climb after a cut goes up to this rate; slow probing goes on past it."""
-        self.cuts = 0
+        with self.pace.locked() as state:
+            if state.rate == 0:  # the first process to meet the host
+                state.rate = min(max(settings.initial, settings.floor), settings.ceiling)
+                state.slow_start = settings.adaptive
+            self.delivered_before = state.successes  # the successes before the window
         self.first_sent: float | None = None
         self.last_taken = -math.inf
         self.window: deque[tuple[float, int]] = deque()
-        """(time, the pace's successes then) at this process's answers in the delivery window."""
-        self.delivered_before = self.pace.successes()  # the successes before the window
+        """(time, the host's successes then) at this process's answers in the delivery window."""
         self.recent: deque[bool] = deque(maxlen=RECENT_ANSWERS)  # refused or not
         self.answers_since_cut = 0
         self.refused_since_cut = 0
@@ -207,54 +203,76 @@ class AdaptiveRate:
         self.flakiness = FlakinessCheck()
 
     @property
-    def burst(self) -> float:
+    def rate(self) -> float:
+        return self.pace.peek().rate
+
+    @property
+    def good_rate(self) -> float:
+        """The quick climb after a cut goes up to this rate; slow probing goes on past it."""
+        return self.pace.peek().good_rate
+
+    @property
+    def last_cut(self) -> float:
+        return self.pace.peek().last_cut
+
+    @property
+    def cuts(self) -> int:
+        return self.pace.peek().cuts
+
+    def _burst(self, rate: float) -> float:
         """Tokens that may be spent at once: one for an adaptive rate, else the configured
         capacity, at most one second's."""
         if self.settings.adaptive:
             return 1.0
-        return max(1.0, min(float(self.settings.capacity), self.rate))
+        return max(1.0, min(float(self.settings.capacity), rate))
 
     def available_at(self, now: float) -> float:
         """When the next token may be taken (now or later)."""
-        tolerance = (self.burst - 1.0) / self.rate
-        return max(now, self.pace.next_free() - tolerance)
+        state = self.pace.peek()
+        tolerance = (self._burst(state.rate) - 1.0) / state.rate
+        return max(now, state.next_free - tolerance)
 
     def try_take(self, now: float) -> bool:
         """Spend a token if one is available now (another process may just have taken it)."""
-        if not self.pace.claim(now, 1.0 / self.rate, (self.burst - 1.0) / self.rate):
-            return False
+        with self.pace.locked() as state:
+            tolerance = (self._burst(state.rate) - 1.0) / state.rate
+            if state.next_free - tolerance > now:
+                return False
+            state.next_free = max(state.next_free, now) + 1.0 / state.rate
         if self.first_sent is None:
             self.first_sent = now
         self.last_taken = now
         return True
 
-    def delivered_rate(self, now: float) -> float | None:
-        """Successes per second over the last DELIVERY_WINDOW, or the time DELIVERED_EVIDENCE
-        answers take at the rate if longer (or since the first request, at least one second);
-        None on too few answers to tell."""
-        horizon = max(DELIVERY_WINDOW, DELIVERED_EVIDENCE / self.rate)
+    def _delivered(self, state: RateState, now: float) -> float | None:
+        """Successes per second (of every process) over the last DELIVERY_WINDOW, or the time
+        DELIVERED_EVIDENCE answers take at the rate if longer (or since the first request, at
+        least one second); None on too few answers to tell."""
+        horizon = max(DELIVERY_WINDOW, DELIVERED_EVIDENCE / state.rate)
         while self.window and self.window[0][0] < now - horizon:
             self.delivered_before = self.window.popleft()[1]
         if self.first_sent is None or len(self.window) < DELIVERED_EVIDENCE:
             return None
         span = min(horizon, max(1.0, now - self.first_sent))
-        return (self.pace.successes() - self.delivered_before) / span
+        return (state.successes - self.delivered_before) / span
 
     def on_success(self, sent_at: float, now: float) -> None:
         if not self.settings.adaptive:
             return
-        self._answer(sent_at, now, refused=False)
-        self.answers_since_cut += sent_at >= self.last_cut
-        if self.slow_start:
-            self.rate += SLOW_START_STEP
-        elif self.rate < self.good_rate:
-            self.rate = min(self.good_rate, self.rate + SLOW_START_STEP)
-        else:
-            answers_per_step = max(PROBE_ANSWERS, PROBE_SECONDS_PER_STEP * self.rate)
-            steps = min(PROBE_DOUBLINGS, self.probe_answers // answers_per_step)
-            self.rate += self.rate * PROBE_GROWTH * 2**steps / answers_per_step
-            self.probe_answers += 1
-        self.rate = min(self.rate, self.settings.ceiling)
+        with self.pace.locked() as state:
+            state.successes += 1
+            self._answer(state, sent_at, now, refused=False)
+            self.answers_since_cut += sent_at >= state.last_cut
+            if state.slow_start:
+                state.rate += SLOW_START_STEP
+            elif state.rate < state.good_rate:
+                state.rate = min(state.good_rate, state.rate + SLOW_START_STEP)
+            else:
+                answers_per_step = max(PROBE_ANSWERS, PROBE_SECONDS_PER_STEP * state.rate)
+                steps = min(PROBE_DOUBLINGS, self.probe_answers // answers_per_step)
+                state.rate += state.rate * PROBE_GROWTH * 2**steps / answers_per_step
+                self.probe_answers += 1
+            state.rate = min(state.rate, self.settings.ceiling)
 
     def on_throttle(self, sent_at: float, now: float, may_be_noise: bool = False) -> bool:
         """A 429, 503 or timeout for a request sent at `sent_at`; True when it cut the rate.
@@ -268,18 +286,20 @@ class AdaptiveRate:
         Retry-After), which a flaky host gives whatever the rate (FlakinessCheck)."""
         if not self.settings.adaptive:
             return False
-        self._answer(sent_at, now, refused=True)
-        if sent_at < self.last_cut:
-            return False
-        self.answers_since_cut += 1
-        self.refused_since_cut += 1
-        if may_be_noise and (
-            self.flakiness.holds(now, self.recent)
-            or (self._first_window(now) and now - self.last_cut < FIRST_WINDOW_SPACING)
-        ):
-            return False
-        refused_rate = self.rate
-        delivered = self.delivered_rate(now)
+        with self.pace.locked() as state:
+            self._answer(state, sent_at, now, refused=True)
+            if sent_at < state.last_cut:
+                return False
+            self.answers_since_cut += 1
+            self.refused_since_cut += 1
+            if may_be_noise and self.flakiness.holds(now, self.recent):
+                return False
+            self._cut(state, now, may_be_noise)
+            return True
+
+    def _cut(self, state: RateState, now: float, may_be_noise: bool) -> None:
+        refused_rate = state.rate
+        delivered = self._delivered(state, now)
         if may_be_noise:
             self.flakiness.note_cut(now, refused_rate)
         if (
@@ -287,40 +307,38 @@ class AdaptiveRate:
             and not self._first_window(now)  # it may end far above the limit, or in a burst
             and self.flakiness.starts_test(now, refused_rate, self.recent)
         ):
-            self.rate = self.good_rate = refused_rate / 2
+            state.rate = refused_rate / 2
             if delivered is not None:
-                self.rate = self.good_rate = min(self.rate, DELIVERED_MARGIN * delivered)
+                state.rate = min(state.rate, DELIVERED_MARGIN * delivered)
+            state.good_rate = state.rate
         elif (
-            not self.slow_start
+            not state.slow_start
             and self.refused_since_cut == 1
-            and (self.answers_since_cut > CLEAN_ANSWERS)
+            and self.answers_since_cut > CLEAN_ANSWERS
         ):
-            self.rate = self.good_rate = NEAR_MARGIN * refused_rate
+            state.rate = state.good_rate = NEAR_MARGIN * refused_rate
         else:
-            self.rate *= DECREASE_FACTOR
+            state.rate *= DECREASE_FACTOR
             if delivered is not None:
-                self.rate = min(self.rate, DELIVERED_MARGIN * delivered)
-            self.good_rate = (self.rate + refused_rate) / 2
-        self.rate = max(self.settings.floor, self.rate)
-        self.slow_start = False
-        self.last_cut = now
+                state.rate = min(state.rate, DELIVERED_MARGIN * delivered)
+            state.good_rate = (state.rate + refused_rate) / 2
+        state.rate = max(self.settings.floor, state.rate)
+        state.slow_start = False
+        state.last_cut = now
+        state.cuts += 1
         self.answers_since_cut = self.refused_since_cut = self.probe_answers = 0
-        self.cuts += 1
         # the next request keeps the new spacing from the last one: none saved up is spent
-        self.pace.push_back(max(now, self.last_taken + 1.0 / self.rate))
-        return True
+        state.next_free = max(state.next_free, now, self.last_taken + 1.0 / state.rate)
 
     def _first_window(self, now: float) -> bool:
         return self.first_sent is None or now - self.first_sent < DELIVERY_WINDOW
 
-    def _answer(self, sent_at: float, now: float, refused: bool) -> None:
-        if not refused:
-            self.pace.add_success()
-        self.window.append((now, self.pace.successes()))
+    def _answer(self, state: RateState, sent_at: float, now: float, refused: bool) -> None:
+        self.window.append((now, state.successes))
         self.recent.append(refused)
         restore = self.flakiness.verdict(sent_at, refused, now)
         if restore is not None:  # the host is flaky: the cuts were for nothing
-            self.rate = self.good_rate = max(self.rate, restore)
+            state.rate = state.good_rate = max(state.rate, restore)
             self.probe_answers = 0
 
 

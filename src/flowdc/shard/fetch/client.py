@@ -25,6 +25,7 @@ from flowdc.core.status import (
 from flowdc.shard.fetch.aimd import RateSettings
 from flowdc.shard.fetch.breaker import BreakerSettings
 from flowdc.shard.fetch.http import FetchResult, HttpClient, invalid_url_reason, parse_url
+from flowdc.shard.fetch.pace import LocalPace, open_table, release_table
 from flowdc.shard.fetch.scheduler import Batch, Host, HostFigures, Job, Scheduler
 
 THROTTLE_STATUS = frozenset({429, 503})
@@ -49,16 +50,26 @@ class Fetcher:
         concurrency: int | None = None,
         processes: int = 1,
         resolver: AbstractResolver | None = None,
+        run_key: str | None = None,
+        machines: int = 1,
     ) -> None:
         """`resolver` answers name lookups (aiohttp's default, the system's, unless given);
-        failed lookups are remembered for host_cooldown seconds either way."""
+        failed lookups are remembered for host_cooldown seconds either way.
+
+        `run_key` names the run: the worker processes of one run on one machine then take each
+        host's turns from one table (fetch/pace.py) and each holds the machine's share of the
+        run's limits (the limits over `machines`); without it, or where the table cannot be
+        made, each process paces on its own with the limits over `processes` (the run's
+        processes on all machines)."""
         self.config = config
         self.concurrency = concurrency or config.concurrent_downloads
+        self.pace_table = open_table(run_key) if run_key and config.enable_rate_limiting else None
+        share = max(1, machines) if self.pace_table else max(1, processes)
         rate = (
             RateSettings(
-                initial=config.rate_limit / processes,
-                floor=config.min_rate_limit / processes,
-                ceiling=config.max_rate_limit / processes,
+                initial=config.rate_limit / share,
+                floor=config.min_rate_limit / share,
+                ceiling=config.max_rate_limit / share,
                 capacity=config.rate_capacity,
                 adaptive=config.adaptive_rate_limit,
             )
@@ -71,12 +82,16 @@ class Fetcher:
             self._run_attempt,
             self._refuse,
             BreakerSettings(config.host_failure_threshold, config.host_cooldown),
+            pace_for=self.pace_table.pace if self.pace_table else lambda _host: LocalPace(),
         )
         self.http = HttpClient(config, resolver)
 
     async def close(self) -> None:
         await self.scheduler.close()
         await self.http.close()
+        if self.pace_table is not None:
+            release_table(self.pace_table)
+            self.pace_table = None
 
     def submit(
         self,

@@ -8,9 +8,10 @@ burst) refuses those. Measured on a simulated host of 30 requests/s with no burs
 independent pacers ended near 4 requests/s between them; one shared pacer near its limit.
 
 The table (PACE_SLOTS slots of SLOT_BYTES in /dev/shm) holds per host a key (a hash of the
-name), the time the next request may go (CLOCK_MONOTONIC, the same in every process of the
-machine) and a count of successes (from which each process reads what the host delivered to the
-whole machine). A slot is read and written under a POSIX record lock on its bytes. Every process
+name) and a RateState: the time the next request may go (CLOCK_MONOTONIC, the same in every
+process of the machine), a count of successes (from which each process reads what the host
+delivered to the whole machine), and the rate controller's state, so that the processes learn
+one rate together. A slot is read and changed under a POSIX record lock on its bytes. Every process
 holds a shared lock on the table's first byte while it uses the table; the last one to close it
 (its exclusive lock then succeeds) removes the file. A file left by a killed run is reused by a
 run of the same name (what it holds is only times in the past and counts) or removed by it.
@@ -27,43 +28,48 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 SHM = Path("/dev/shm")
 PACE_SLOTS = 1 << 16
-SLOT_BYTES = 32
+SLOT_BYTES = 64
 HEADER_BYTES = 64  # byte 0: the users' lock
 PROBES = 8
 """Slots tried from a host's home slot; a host that finds them all taken paces in its process."""
-_SLOT = struct.Struct("<Qdq")  # key, next free time, successes
+_SLOT = struct.Struct("<Qdqdddqq")  # key, then RateState's fields in order
+SLOW_START_FLAG = 1
+
+
+@dataclass
+class RateState:
+    """What the processes of a machine share of a host's rate: its turns, its successes, and
+    the controller's state (fetch/aimd.py), so that a cut by one process holds for all."""
+
+    next_free: float = -math.inf
+    successes: int = 0
+    rate: float = 0.0
+    """0: not set yet (the first process to use the host sets it)."""
+    good_rate: float = 0.0
+    last_cut: float = -math.inf
+    slow_start: bool = True
+    cuts: int = 0
 
 
 class LocalPace:
-    """A host's pacing in this process only."""
+    """A host's state in this process only."""
 
     def __init__(self) -> None:
-        self._next_free = -math.inf
-        self._successes = 0
+        self.state = RateState()
 
-    def next_free(self) -> float:
-        return self._next_free
+    def peek(self) -> RateState:
+        """The state to read (not to change)."""
+        return self.state
 
-    def claim(self, now: float, interval: float, tolerance: float) -> bool:
-        """Take the next turn if it has come (within `tolerance`); it is `interval` long."""
-        if self._next_free - tolerance > now:
-            return False
-        self._next_free = max(self._next_free, now) + interval
-        return True
-
-    def push_back(self, at: float) -> None:
-        """No request before `at`."""
-        self._next_free = max(self._next_free, at)
-
-    def add_success(self) -> None:
-        self._successes += 1
-
-    def successes(self) -> int:
-        return self._successes
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RateState]:
+        """The state to read and change, no other process in between."""
+        yield self.state
 
 
 class PaceTable:
@@ -88,17 +94,17 @@ class PaceTable:
         key = key or 1  # 0 marks a free slot
         for probe in range(PROBES):
             offset = HEADER_BYTES + (key + probe) % PACE_SLOTS * SLOT_BYTES
-            with self._locked(offset):
-                found, _, _ = _SLOT.unpack_from(self.memory, offset)
+            with self.slot_locked(offset):
+                found = _SLOT.unpack_from(self.memory, offset)[0]
                 if found == 0:
-                    _SLOT.pack_into(self.memory, offset, key, -math.inf, 0)
+                    _pack(self.memory, offset, key, RateState())
                     found = key
             if found == key:
                 return SharedPace(self, offset)
         return LocalPace()
 
     @contextlib.contextmanager
-    def _locked(self, offset: int) -> Iterator[None]:
+    def slot_locked(self, offset: int) -> Iterator[None]:
         fcntl.lockf(self.fd, fcntl.LOCK_EX, SLOT_BYTES, offset)
         try:
             yield
@@ -119,38 +125,48 @@ class PaceTable:
             os.close(self.fd)
 
 
+def _pack(memory: mmap.mmap, offset: int, key: int, state: RateState) -> None:
+    flags = SLOW_START_FLAG if state.slow_start else 0
+    _SLOT.pack_into(
+        memory,
+        offset,
+        key,
+        state.next_free,
+        state.successes,
+        state.rate,
+        state.good_rate,
+        state.last_cut,
+        flags,
+        state.cuts,
+    )
+
+
+def _unpack(memory: mmap.mmap, offset: int) -> tuple[int, RateState]:
+    key, next_free, successes, rate, good_rate, last_cut, flags, cuts = _SLOT.unpack_from(
+        memory, offset
+    )
+    state = RateState(
+        next_free, successes, rate, good_rate, last_cut, bool(flags & SLOW_START_FLAG), cuts
+    )
+    return key, state
+
+
 class SharedPace:
-    """A host's pacing in the machine's table: the LocalPace interface, under the slot's lock."""
+    """A host's state in the machine's table: the LocalPace interface, under the slot's lock."""
 
     def __init__(self, table: PaceTable, offset: int) -> None:
         self.table = table
         self.offset = offset
 
-    def next_free(self) -> float:
-        return _SLOT.unpack_from(self.table.memory, self.offset)[1]
+    def peek(self) -> RateState:
+        return _unpack(self.table.memory, self.offset)[1]
 
-    def claim(self, now: float, interval: float, tolerance: float) -> bool:
-        with self.table._locked(self.offset):
-            key, next_free, successes = _SLOT.unpack_from(self.table.memory, self.offset)
-            if next_free - tolerance > now:
-                return False
-            _SLOT.pack_into(
-                self.table.memory, self.offset, key, max(next_free, now) + interval, successes
-            )
-            return True
-
-    def push_back(self, at: float) -> None:
-        with self.table._locked(self.offset):
-            key, next_free, successes = _SLOT.unpack_from(self.table.memory, self.offset)
-            _SLOT.pack_into(self.table.memory, self.offset, key, max(next_free, at), successes)
-
-    def add_success(self) -> None:
-        with self.table._locked(self.offset):
-            key, next_free, successes = _SLOT.unpack_from(self.table.memory, self.offset)
-            _SLOT.pack_into(self.table.memory, self.offset, key, next_free, successes + 1)
-
-    def successes(self) -> int:
-        return _SLOT.unpack_from(self.table.memory, self.offset)[2]
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RateState]:
+        with self.table.slot_locked(self.offset):
+            key, state = _unpack(self.table.memory, self.offset)
+            yield state
+            _pack(self.table.memory, self.offset, key, state)
 
 
 _open_tables: dict[Path, PaceTable] = {}

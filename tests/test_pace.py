@@ -1,0 +1,132 @@
+"""The machine's pacing table (fetch/pace.py) with real processes: turns taken from several
+processes are spaced by the interval, successes are counted for all, the file goes with its last
+user, a killed run's file is taken over, and a host that finds no slot paces on its own."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flowdc.shard.fetch import pace
+from flowdc.shard.fetch.aimd import AdaptiveRate, RateSettings
+from flowdc.shard.fetch.pace import LocalPace, SharedPace, open_table, release_table, table_path
+
+INTERVAL = 0.01
+TURNS = 40
+FIXED = RateSettings(1 / INTERVAL, 1, 1000, 1, adaptive=False)
+
+
+def take_turns(run_key: str, host: str, turns: int, times: mp.Queue) -> None:
+    """A worker process: take `turns` turns of `host` as fast as they come, note when."""
+    table = open_table(run_key)
+    assert table is not None
+    rate = AdaptiveRate(FIXED, table.pace(host))
+    taken: list[float] = []
+    deadline = time.monotonic() + 30
+    while len(taken) < turns and time.monotonic() < deadline:
+        now = time.monotonic()
+        if rate.try_take(now):
+            taken.append(now)
+            with rate.pace.locked() as state:
+                state.successes += 1
+        else:
+            time.sleep(max(0.0, rate.available_at(now) - now))
+    times.put(taken)
+    release_table(table)
+
+
+@pytest.fixture
+def run_key() -> str:
+    key = f"test-{uuid.uuid4().hex}"
+    yield key
+    table_path(key).unlink(missing_ok=True)
+
+
+def test_turns_from_several_processes_are_spaced_by_the_interval(run_key: str) -> None:
+    context = mp.get_context("spawn")
+    times: mp.Queue = context.Queue()
+    workers = [
+        context.Process(target=take_turns, args=(run_key, "host.test", TURNS, times))
+        for _ in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    taken = sorted(at for _ in workers for at in times.get(timeout=60))
+    for worker in workers:
+        worker.join(timeout=30)
+    assert len(taken) == 3 * TURNS
+    gaps = [later - earlier for earlier, later in itertools.pairwise(taken)]
+    # no two turns closer than the interval, whoever took them (one clock for all processes)
+    assert min(gaps) >= INTERVAL - 1e-9
+    assert not table_path(run_key).exists()  # the last process to leave removed it
+
+
+def test_one_rate_for_the_machine(run_key: str) -> None:
+    """A cut made by one process holds for the other (one table, two openings here stand for
+    two processes: the state is read from the table every time)."""
+    first = open_table(run_key)
+    assert first is not None
+    try:
+        settings = RateSettings(20, 1, 1000, 1)
+        a = AdaptiveRate(settings, first.pace("host.test"))
+        assert isinstance(a.pace, SharedPace)
+        b = AdaptiveRate(RateSettings(5, 1, 1000, 1), first.pace("host.test"))
+        assert b.rate == 20  # the first to meet the host set its rate
+        assert a.try_take(100.0)
+        assert not b.try_take(100.01) and b.available_at(100.01) == 100.05
+        assert b.on_throttle(sent_at=100.0, now=100.1)
+        assert a.rate == b.rate == 20 * 0.7 and a.cuts == 1
+        assert not a.on_throttle(sent_at=100.05, now=100.12)  # same burst: one cut for both
+        a.on_success(sent_at=100.2, now=100.3)
+        assert b.pace.peek().successes == 1
+        assert AdaptiveRate(settings, first.pace("other.test")).rate == 20  # its own slot
+    finally:
+        release_table(first)
+    assert not table_path(run_key).exists()
+
+
+def test_a_killed_runs_table_is_taken_over(run_key: str) -> None:
+    context = mp.get_context("spawn")
+    times: mp.Queue = context.Queue()
+    worker = context.Process(target=take_turns, args=(run_key, "host.test", 10**6, times))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not table_path(run_key).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(timeout=30)
+    assert table_path(run_key).exists()  # nobody was left to remove it
+    table = open_table(run_key)
+    assert table is not None
+    host_pace = table.pace("host.test")
+    assert host_pace.peek().successes > 0  # the killed process's slot, found again
+    assert AdaptiveRate(FIXED, host_pace).try_take(time.monotonic() + 1.0)
+    release_table(table)
+    assert not table_path(run_key).exists()
+
+
+def test_a_host_that_finds_no_free_slot_paces_on_its_own(
+    run_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pace, "PACE_SLOTS", 4)  # a table of 4 slots: the 5th host finds none
+    table = open_table(run_key)
+    assert table is not None
+    try:
+        paces = [table.pace(f"host{index}.test") for index in range(5)]
+        assert sum(isinstance(each, SharedPace) for each in paces) == 4
+        assert isinstance(paces[4], LocalPace)
+    finally:
+        release_table(table)
+
+
+def test_no_shared_memory_means_no_table(run_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pace, "SHM", Path("/nonexistent-shm"))
+    assert open_table(run_key) is None
