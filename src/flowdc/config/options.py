@@ -166,11 +166,11 @@ class DownloadConfig(BaseModel):
         "and timeouts (off: a fixed rate_limit).",
     )
     rate_limit: float = Field(
-        20.0,
+        2.0,
         gt=0,
         le=1_000_000,
-        description="Starting requests per second per host, over all processes (the fixed rate "
-        "when adaptive_rate_limit is off).",
+        description="Starting requests per second per host, over all processes; it doubles each "
+        "second while the host answers well (the fixed rate when adaptive_rate_limit is off).",
     )
     min_rate_limit: float = Field(
         0.5, gt=0, le=1_000_000, description="Floor of the adaptive per-host rate (requests/s)."
@@ -186,7 +186,8 @@ class DownloadConfig(BaseModel):
         20,
         ge=1,
         le=1_000_000,
-        description="Burst size of the per-host token bucket (at most one second's worth).",
+        description="Burst size of a fixed per-host rate (at most one second's worth); an "
+        "adaptive rate is paced evenly, with no burst.",
     )
 
     # image processing (img2dataset's names)

@@ -30,8 +30,9 @@ DELIVERY_WINDOW = 4.0
 DELIVERED_EVIDENCE = 8
 """Answers in the window before the delivered rate is believed: at a start at two requests in
 flight, the first refusal can come before the client has sent more than the host takes."""
-SLOW_START_STEP = 0.25
-"""Before the first throttle, each success adds this many requests/s: +25% a second at full use.
+SLOW_START_STEP = 1.0
+"""Before the first throttle, each success adds this many requests/s: the rate doubles each
+second at full use.
 After a cut, the same quick climb takes the rate back up to its target (the good rate)."""
 NEAR_MARGIN = 0.95
 """A throttle after a long clean stretch (CLEAN_ANSWERS) found the host's limit just below the
