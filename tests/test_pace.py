@@ -130,3 +130,47 @@ def test_a_host_that_finds_no_free_slot_paces_on_its_own(
 def test_no_shared_memory_means_no_table(run_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pace, "SHM", Path("/nonexistent-shm"))
     assert open_table(run_key) is None
+
+
+def hammer(run_key: str, seed: int, seconds: float, errors: mp.Queue) -> None:
+    """A worker process: read and change the rates of a few hosts as fast as it can."""
+    import random
+    import traceback
+
+    try:
+        rng = random.Random(seed)
+        table = open_table(run_key)
+        assert table is not None
+        rates: dict[str, AdaptiveRate] = {}
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            host = f"host{rng.randrange(20)}.test"
+            if host not in rates:
+                rates[host] = AdaptiveRate(RateSettings(2, 0.5, 500, 20), table.pace(host))
+            rate, now = rates[host], time.monotonic()
+            rate.available_at(now)
+            rate.try_take(now)
+            if rng.random() < 0.9:
+                rate.on_success(sent_at=now - 0.01, now=now)
+            else:
+                rate.on_throttle(sent_at=now - 0.01, now=now, may_be_noise=rng.random() < 0.5)
+        release_table(table)
+        errors.put(None)
+    except Exception:  # the test reads it
+        errors.put(traceback.format_exc())
+
+
+def test_processes_changing_one_hosts_rate_never_see_half_a_change(run_key: str) -> None:
+    """A regression: reads beside writes once saw a rate of 0 (struct.pack_into zero-fills the
+    slot before it writes it) and a worker's request slot died of a ZeroDivisionError."""
+    context = mp.get_context("spawn")
+    errors: mp.Queue = context.Queue()
+    workers = [
+        context.Process(target=hammer, args=(run_key, seed, 2.0, errors)) for seed in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    failures = [errors.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert failures == [None, None, None], failures

@@ -110,17 +110,11 @@ def test_the_hosts_saw_every_behaviour(wild_run):
     assert wild_run["throttled"] > 0  # the slow hosts pushed back at least once
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="FLOW-DC goes over slow hosts' hidden rates today. Measured server side (the most "
-    "requests a host saw in any 10 s window / (10 s x its rate)): host 1 of this bed (4 "
-    "requests/s, 429 + Retry-After: 1) at 1.25; on the 200-host bed of benchmarks/wild.py "
-    "(20,000 URLs, FLOW-DC dcc3ccf) up to 1.62 at hosts of 1-1.5 requests/s with 1 machine "
-    "(4 hosts above 1.1), 2.46 with 2 (15), 2.65 with 4 (21); img2dataset on the same bed: "
-    "at most 0.63. docs/politeness.md: every host starts at --rate_limit 20/s with a burst of "
-    "20 and is cut 0.7x per 429, so a host of 1-5 requests/s gets several seconds of 429s.",
-)
 def test_no_host_above_its_rate_by_more_than_10_percent(wild_run):
+    """The most requests a host saw in any 10 s window over 10 s x its hidden rate (server
+    side): here at most 0.85 (host 1, 4 requests/s with Retry-After). On the 60-host bed of
+    benchmarks/wild.py hosts of 1-1.5 requests/s still see up to 1.28 while the first cuts find
+    their limit (docs/benchmarks.md)."""
     over = {h: round(v, 2) for h, v in wild_run["over_limit"].items() if v > 1.1}
     assert not over, f"hosts above their rate by more than 10% in a 10 s window: {over}"
 

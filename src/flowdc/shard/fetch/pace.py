@@ -159,7 +159,10 @@ class SharedPace:
         self.offset = offset
 
     def peek(self) -> RateState:
-        return _unpack(self.table.memory, self.offset)[1]
+        # under the lock too: struct.pack_into zero-fills a slot before it writes the fields, so
+        # a read beside a write could see a rate of 0
+        with self.table.slot_locked(self.offset):
+            return _unpack(self.table.memory, self.offset)[1]
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[RateState]:
