@@ -113,6 +113,25 @@ def test_a_killed_runs_table_is_taken_over(run_key: str) -> None:
     assert not table_path(run_key).exists()
 
 
+def test_stale_tables_are_swept_and_used_ones_kept(
+    run_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pace, "STALE_SECONDS", 0.0)
+    in_use = open_table(run_key)
+    assert in_use is not None
+    stale = table_path(f"{run_key}-killed")
+    stale.write_bytes(b"\0" * 64)  # what a killed run leaves: a file nobody holds
+    try:
+        other = open_table(f"{run_key}-next")
+        assert other is not None
+        release_table(other)
+        assert not stale.exists()
+        assert table_path(run_key).exists()  # held by this process: kept
+    finally:
+        stale.unlink(missing_ok=True)
+        release_table(in_use)
+
+
 def test_a_host_that_finds_no_free_slot_paces_on_its_own(
     run_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,8 +13,8 @@ process of the machine), a count of successes (from which each process reads wha
 delivered to the whole machine), and the rate controller's state, so that the processes learn
 one rate together. A slot is read and changed under a POSIX record lock on its bytes. Every process
 holds a shared lock on the table's first byte while it uses the table; the last one to close it
-(its exclusive lock then succeeds) removes the file. A file left by a killed run is reused by a
-run of the same name (what it holds is only times in the past and counts) or removed by it.
+(its exclusive lock then succeeds) removes the file. A file left by a killed run is removed by
+the next run on the machine once it is STALE_SECONDS old and no process holds it.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ import math
 import mmap
 import os
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 SHM = Path("/dev/shm")
+TABLE_PREFIX = "flowdc-pace-"
+STALE_SECONDS = 600.0
 PACE_SLOTS = 1 << 16
 SLOT_BYTES = 64
 HEADER_BYTES = 64  # byte 0: the users' lock
@@ -186,7 +189,7 @@ def table_path(run_key: str) -> Path:
         namespace = 0
     name = f"{getpass.getuser()}\0{namespace}\0{run_key}"
     digest = hashlib.blake2b(name.encode(), digest_size=12).hexdigest()
-    return SHM / f"flowdc-pace-{digest}"
+    return SHM / f"{TABLE_PREFIX}{digest}"
 
 
 def open_table(run_key: str) -> PaceTable | None:
@@ -194,12 +197,32 @@ def open_table(run_key: str) -> PaceTable | None:
     path = table_path(run_key)
     table = _open_tables.get(path)
     if table is None:
+        sweep_stale_tables(keep=path)
         try:
             table = _open_tables[path] = PaceTable(path)
         except OSError:
             return None
     table.users += 1
     return table
+
+
+def sweep_stale_tables(keep: Path) -> None:
+    """Remove the tables of killed runs: older than STALE_SECONDS (so never one being set up)
+    and used by no process (its first byte takes an exclusive lock)."""
+    with contextlib.suppress(OSError):
+        for path in SHM.glob(f"{TABLE_PREFIX}*"):
+            # this process's own tables: its lock would not stop it, and closing would drop it
+            if path == keep or path in _open_tables:
+                continue
+            if time.time() - path.stat().st_ctime < STALE_SECONDS:
+                continue
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+                    path.unlink()
+                finally:
+                    os.close(fd)
 
 
 def release_table(table: PaceTable) -> None:
