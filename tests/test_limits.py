@@ -167,7 +167,7 @@ def test_a_host_gets_close_to_its_limit_and_is_not_flooded(
     assert outcome.refused <= 0.08 * len(outcome.sent)
     settled = [at for at in outcome.sent if at >= 10]  # the first climb is over
     assert Outcome(settled, 0, 0, 0, outcome.controller).most_in_window() <= 1.2 * limit * 10
-    assert outcome.controller.flakiness.noise_share == 0  # a throttling host is not flaky
+    assert outcome.controller.pace.peek().noise_share == 0  # a throttling host is not flaky
 
 
 @pytest.mark.parametrize("latency", [0.05, 0.5])
@@ -177,7 +177,7 @@ def test_a_flaky_host_keeps_its_rate(share: float, latency: float) -> None:
     rate is not driven down by the refusals (before, it ended at the floor)."""
     host = HiddenHost(1000, burst=1000, flaky=share)
     outcome = simulate(host, 120, latency=latency, refusal_says_rate=False)
-    assert outcome.controller.flakiness.noise_share > 0
+    assert outcome.controller.pace.peek().noise_share > 0
     assert outcome.controller.rate >= 20
 
 

@@ -5,6 +5,7 @@ user, a killed run's file is taken over, and a host that finds no slot paces on 
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -193,3 +194,75 @@ def test_processes_changing_one_hosts_rate_never_see_half_a_change(run_key: str)
     for worker in workers:
         worker.join(timeout=30)
     assert failures == [None, None, None], failures
+
+
+def test_another_processs_cut_restarts_this_ones_probe() -> None:
+    """Two rates on one state stand for two processes: after A's cut, B probes from its first
+    small step again, not from the large steps of its long clean stretch."""
+    shared = LocalPace()
+    settings = RateSettings(2, 0.5, 1000, 1)
+    a, b = AdaptiveRate(settings, shared), AdaptiveRate(settings, shared)
+    a.on_throttle(sent_at=0.0, now=0.0)  # out of slow start
+    for index in range(2000):
+        b.on_success(sent_at=1.0 + index * 0.01, now=1.0 + index * 0.01)
+    assert b.probe_answers > 500
+    assert a.on_throttle(sent_at=30.0, now=30.0)
+    while b.rate < b.good_rate:
+        b.on_success(sent_at=31.0, now=31.0)
+    before = b.rate
+    b.on_success(sent_at=31.0, now=31.0)
+    # the first probe step's growth (5% over at least 30 answers), not its sixth (32 times that)
+    assert b.probe_answers == 1 and b.rate - before <= before * 0.05 / 30 + 1e-9
+
+
+def test_a_flaky_test_holds_for_every_process() -> None:
+    """A test started by one process's bare 503 is not started again (nor cut for) by another's."""
+    shared = LocalPace()
+    settings = RateSettings(20, 0.5, 1000, 1)
+    a, b = AdaptiveRate(settings, shared), AdaptiveRate(settings, shared)
+    now = 10.0
+    for rate in (a, b):
+        assert rate.try_take(0.0) or True
+        for _ in range(20):
+            rate.on_success(sent_at=now - 0.1, now=now)
+    a.on_throttle(sent_at=now, now=now + 0.1)  # leaves slow start
+    start = now + 0.5
+    assert a.on_throttle(sent_at=start, now=start + 0.1, may_be_noise=True)  # the test: half
+    halved = a.rate
+    assert shared.peek().test_since > -math.inf
+    assert not b.on_throttle(sent_at=start + 0.2, now=start + 0.3, may_be_noise=True)
+    assert b.rate == halved
+
+
+def test_a_torn_slot_is_set_again_not_divided_by() -> None:
+    """A process killed inside a write may leave a rate of 0: the next user sets it again."""
+    shared = LocalPace()
+    rate = AdaptiveRate(RateSettings(4, 0.5, 1000, 1), shared)
+    shared.state.rate = 0.0
+    assert rate.available_at(5.0) == 5.0
+    assert rate.try_take(5.0) and rate.rate == 4
+
+
+def test_hosts_the_full_table_cannot_hold_get_a_processs_share(
+    run_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from flowdc.config.options import DownloadConfig
+    from flowdc.shard.fetch.client import Fetcher
+
+    monkeypatch.setattr(pace, "PACE_SLOTS", 1)
+    monkeypatch.setattr(pace, "PROBES", 1)
+    config = DownloadConfig(input="x.csv", output="out", rate_limit=8)
+
+    async def limits() -> list[float]:
+        fetcher = Fetcher(config, processes=4, run_key=run_key, machines=1)
+        try:
+            return [
+                fetcher.scheduler.host(f"h{index}.test").rate.settings.initial for index in range(3)
+            ]
+        finally:
+            await fetcher.close()
+
+    # one host holds the table's one slot (the machine's 8/s); the others pace in the process
+    assert sorted(asyncio.run(limits())) == [2.0, 2.0, 8.0]

@@ -88,7 +88,8 @@ class RateSettings:
 
 class FlakinessCheck:
     """Tells a flaky host from a throttling one by their refusals that do not say what they are
-    about (503 without Retry-After): does their share fall when the rate falls?
+    about (503 without Retry-After): does their share fall when the rate falls? Its state is
+    the host's RateState, so a test or a verdict holds for every process of the machine.
 
     The first such refusal starts a test: the rate is halved (or cut under what the host
     delivered, if that is less) for FLAKY_TEST_ANSWERS answers, during which such refusals do
@@ -99,73 +100,70 @@ class FlakinessCheck:
     passes it by NOISE_MARGIN. A host that refuses more during the test than before it ends the
     test at once as a throttler."""
 
-    def __init__(self) -> None:
-        self.testing_since: float | None = None
-        self.share_before = 0.0
-        self.restore_to = 0.0
-        self.answers = 0
-        self.refused = 0
-        self.noise_share = 0.0
-        self.throttler_until = -math.inf
-        self.peak = 0.0
-        """The rate before the cuts of the last FLAKY_SERIES_SECONDS, given back to a flaky host."""
-        self.last_cut = -math.inf
-
-    def note_cut(self, now: float, rate: float) -> None:
+    @staticmethod
+    def note_cut(state: RateState, now: float, rate: float) -> None:
         """A cut from `rate` for a refusal that may be noise."""
-        if now - self.last_cut > FLAKY_SERIES_SECONDS:
-            self.peak = 0.0
-        self.peak = max(self.peak, rate)
-        self.last_cut = now
+        if now - state.peak_at > FLAKY_SERIES_SECONDS:
+            state.peak = 0.0
+        state.peak = max(state.peak, rate)
+        state.peak_at = now
 
-    def holds(self, now: float, recent: deque[bool]) -> bool:
+    @staticmethod
+    def holds(state: RateState, now: float, recent: deque[bool]) -> bool:
         """Whether a refusal that may be noise must not cut now (a test runs, or it is noise)."""
-        if self.testing_since is not None:
-            worse = self.answers >= FLAKY_EARLY_ANSWERS and self.refused > self.answers * max(
-                FLAKY_WORSE * self.share_before, FLAKY_WORSE_SHARE
+        if state.test_since > -math.inf:
+            worse = state.test_answers >= FLAKY_EARLY_ANSWERS and state.test_refused > (
+                state.test_answers * max(FLAKY_WORSE * state.share_before, FLAKY_WORSE_SHARE)
             )
-            if not worse and now - self.testing_since <= FLAKY_TEST_SECONDS:
+            if not worse and now - state.test_since <= FLAKY_TEST_SECONDS:
                 return True
-            self._throttler(now)
+            FlakinessCheck._end(state, now, sure=worse)  # too long without a verdict: retest
             return False
-        if self.noise_share == 0:
+        if state.noise_share == 0:
             return False
         share = sum(recent) / len(recent)
-        return len(recent) < (recent.maxlen or 0) or share <= self.noise_share + NOISE_MARGIN
+        return len(recent) < (recent.maxlen or 0) or share <= state.noise_share + NOISE_MARGIN
 
-    def starts_test(self, now: float, rate: float, recent: deque[bool]) -> bool:
+    @staticmethod
+    def starts_test(state: RateState, now: float, rate: float, recent: deque[bool]) -> bool:
         """Whether this refusal starts a test (the caller then cuts to half the rate)."""
         share = sum(recent) / len(recent)
-        if self.noise_share > 0 or now < self.throttler_until or share > FLAKY_MAX_SHARE:
+        if state.noise_share > 0 or now < state.throttler_until or share > FLAKY_MAX_SHARE:
             return False
-        self.testing_since, self.share_before = now, share
-        self.restore_to = max(rate, self.peak)
-        self.answers = self.refused = 0
+        state.test_since, state.share_before = now, share
+        state.restore_to = max(rate, state.peak)
+        state.test_answers = state.test_refused = 0
         return True
 
-    def verdict(self, sent_at: float, refused: bool, now: float) -> float | None:
-        """Count an answer; the rate to restore when the test just showed noise."""
-        if self.testing_since is None or sent_at < self.testing_since:
+    @staticmethod
+    def verdict(state: RateState, sent_at: float, refused: bool, now: float) -> float | None:
+        """Count an answer (of any process); the rate to give back when the test just ended
+        with noise or with too few refusals to tell."""
+        if state.test_since == -math.inf or sent_at < state.test_since:
             return None
-        self.answers += 1
-        self.refused += refused
-        if self.answers < FLAKY_TEST_ANSWERS:
+        state.test_answers += 1
+        state.test_refused += refused
+        if state.test_answers < FLAKY_TEST_ANSWERS:
             return None
-        share = self.refused / self.answers
-        if self.refused >= FLAKY_MIN_REFUSED and share >= FLAKY_SAME_SHARE * self.share_before:
-            self.testing_since = None
-            self.noise_share = share
-            return self.restore_to
-        if self.refused == 0:
-            self._throttler(now)
+        share = state.test_refused / state.test_answers
+        if (
+            state.test_refused >= FLAKY_MIN_REFUSED
+            and share >= FLAKY_SAME_SHARE * state.share_before
+        ):
+            state.test_since = -math.inf
+            state.noise_share = share
+            return state.restore_to
+        if state.test_refused == 0:
+            FlakinessCheck._end(state, now, sure=True)
             return None
-        self._throttler(now, sure=False)  # one refusal: too few to tell, try again soon
-        return self.restore_to
+        FlakinessCheck._end(state, now, sure=False)  # one refusal: too few to tell, try again soon
+        return state.restore_to
 
-    def _throttler(self, now: float, sure: bool = True) -> None:
+    @staticmethod
+    def _end(state: RateState, now: float, sure: bool) -> None:
         """No test for a while: a long one when the host stopped refusing at the lower rate."""
-        self.testing_since = None
-        self.throttler_until = now + (THROTTLER_SECONDS if sure else RETEST_SECONDS)
+        state.test_since = -math.inf
+        state.throttler_until = now + (THROTTLER_SECONDS if sure else RETEST_SECONDS)
 
 
 class AdaptiveRate:
@@ -188,10 +186,9 @@ class AdaptiveRate:
         self.settings = settings
         self.pace = pace or LocalPace()
         with self.pace.locked() as state:
-            if state.rate == 0:  # the first process to meet the host
-                state.rate = min(max(settings.initial, settings.floor), settings.ceiling)
-                state.slow_start = settings.adaptive
+            self._valid(state)
             self.delivered_before = state.successes  # the successes before the window
+            self.seen_cuts = state.cuts
         self.first_sent: float | None = None
         self.last_taken = -math.inf
         self.window: deque[tuple[float, int]] = deque()
@@ -201,7 +198,23 @@ class AdaptiveRate:
         self.refused_since_cut = 0
         self.probe_answers = 0
         """Successes at or past the good rate since the last cut."""
-        self.flakiness = FlakinessCheck()
+        self.seen_cuts = 0
+        """The host's cuts when this process last counted: another process's cut restarts the
+        counts above too."""
+
+    def _valid(self, state: RateState) -> None:
+        """Set the rate when this is the first process to meet the host, or when a process
+        killed halfway through writing the slot left it unusable."""
+        if not (0 < state.rate < math.inf):
+            settings = self.settings
+            state.rate = min(max(settings.initial, settings.floor), settings.ceiling)
+            state.slow_start = settings.adaptive
+
+    def _recount(self, state: RateState) -> None:
+        """Start this process's counts again when another process cut the rate."""
+        if state.cuts != self.seen_cuts:
+            self.seen_cuts = state.cuts
+            self.answers_since_cut = self.refused_since_cut = self.probe_answers = 0
 
     @property
     def rate(self) -> float:
@@ -230,12 +243,15 @@ class AdaptiveRate:
     def available_at(self, now: float) -> float:
         """When the next token may be taken (now or later)."""
         state = self.pace.peek()
+        if not (0 < state.rate < math.inf):
+            return now  # try_take sets it again
         tolerance = (self._burst(state.rate) - 1.0) / state.rate
         return max(now, state.next_free - tolerance)
 
     def try_take(self, now: float) -> bool:
         """Spend a token if one is available now (another process may just have taken it)."""
         with self.pace.locked() as state:
+            self._valid(state)
             tolerance = (self._burst(state.rate) - 1.0) / state.rate
             if state.next_free - tolerance > now:
                 return False
@@ -261,6 +277,8 @@ class AdaptiveRate:
         if not self.settings.adaptive:
             return
         with self.pace.locked() as state:
+            self._valid(state)
+            self._recount(state)
             state.successes += 1
             self._answer(state, sent_at, now, refused=False)
             self.answers_since_cut += sent_at >= state.last_cut
@@ -288,12 +306,14 @@ class AdaptiveRate:
         if not self.settings.adaptive:
             return False
         with self.pace.locked() as state:
+            self._valid(state)
+            self._recount(state)
             self._answer(state, sent_at, now, refused=True)
             if sent_at < state.last_cut:
                 return False
             self.answers_since_cut += 1
             self.refused_since_cut += 1
-            if may_be_noise and self.flakiness.holds(now, self.recent):
+            if may_be_noise and FlakinessCheck.holds(state, now, self.recent):
                 return False
             self._cut(state, now, may_be_noise)
             return True
@@ -302,11 +322,11 @@ class AdaptiveRate:
         refused_rate = state.rate
         delivered = self._delivered(state, now)
         if may_be_noise:
-            self.flakiness.note_cut(now, refused_rate)
+            FlakinessCheck.note_cut(state, now, refused_rate)
         if (
             may_be_noise
             and not self._first_window(now)  # it may end far above the limit, or in a burst
-            and self.flakiness.starts_test(now, refused_rate, self.recent)
+            and FlakinessCheck.starts_test(state, now, refused_rate, self.recent)
         ):
             state.rate = refused_rate / 2
             if delivered is not None:
@@ -327,6 +347,7 @@ class AdaptiveRate:
         state.slow_start = False
         state.last_cut = now
         state.cuts += 1
+        self.seen_cuts = state.cuts
         self.answers_since_cut = self.refused_since_cut = self.probe_answers = 0
         # the next request keeps the new spacing from the last one: none saved up is spent
         state.next_free = max(state.next_free, now, self.last_taken + 1.0 / state.rate)
@@ -337,7 +358,7 @@ class AdaptiveRate:
     def _answer(self, state: RateState, sent_at: float, now: float, refused: bool) -> None:
         self.window.append((now, state.successes))
         self.recent.append(refused)
-        restore = self.flakiness.verdict(sent_at, refused, now)
+        restore = FlakinessCheck.verdict(state, sent_at, refused, now)
         if restore is not None:  # the host is flaky: the cuts were for nothing
             state.rate = state.good_rate = max(state.rate, restore)
             self.probe_answers = 0

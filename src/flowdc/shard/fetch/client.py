@@ -22,10 +22,10 @@ from flowdc.core.status import (
     HOST_UNAVAILABLE,
     INVALID_URL,
 )
-from flowdc.shard.fetch.aimd import RateSettings
+from flowdc.shard.fetch.aimd import AdaptiveRate, RateSettings
 from flowdc.shard.fetch.breaker import BreakerSettings
 from flowdc.shard.fetch.http import FetchResult, HttpClient, invalid_url_reason, parse_url
-from flowdc.shard.fetch.pace import LocalPace, open_table, release_table
+from flowdc.shard.fetch.pace import LocalPace, SharedPace, open_table, release_table
 from flowdc.shard.fetch.scheduler import Batch, Host, HostFigures, Job, Scheduler
 
 THROTTLE_STATUS = frozenset({429, 503})
@@ -64,34 +64,47 @@ class Fetcher:
         self.config = config
         self.concurrency = concurrency or config.concurrent_downloads
         self.pace_table = open_table(run_key) if run_key and config.enable_rate_limiting else None
-        share = max(1, machines) if self.pace_table else max(1, processes)
-        rate = (
-            RateSettings(
+
+        def limits(share: int) -> RateSettings:
+            return RateSettings(
                 initial=config.rate_limit / share,
                 floor=config.min_rate_limit / share,
                 ceiling=config.max_rate_limit / share,
                 capacity=config.rate_capacity,
                 adaptive=config.adaptive_rate_limit,
             )
-            if config.enable_rate_limiting
-            else None
-        )
+
+        machine_limits, process_limits = limits(max(1, machines)), limits(max(1, processes))
+
+        def rate_for(host: str) -> AdaptiveRate:
+            """The machine's rate of the host, or this process's share when the table is full."""
+            pace = self.pace_table.pace(host) if self.pace_table else LocalPace()
+            shared = isinstance(pace, SharedPace)
+            return AdaptiveRate(machine_limits if shared else process_limits, pace)
+
         self.scheduler = Scheduler(
             self.concurrency,
-            rate,
+            process_limits if config.enable_rate_limiting else None,
             self._run_attempt,
             self._refuse,
             BreakerSettings(config.host_failure_threshold, config.host_cooldown),
-            pace_for=self.pace_table.pace if self.pace_table else lambda _host: LocalPace(),
+            rate_for=rate_for if config.enable_rate_limiting else None,
         )
-        self.http = HttpClient(config, resolver)
+        try:
+            self.http = HttpClient(config, resolver)
+        except BaseException:
+            if self.pace_table is not None:
+                release_table(self.pace_table)
+            raise
 
     async def close(self) -> None:
-        await self.scheduler.close()
-        await self.http.close()
-        if self.pace_table is not None:
-            release_table(self.pace_table)
-            self.pace_table = None
+        try:
+            await self.scheduler.close()
+            await self.http.close()
+        finally:
+            if self.pace_table is not None:
+                release_table(self.pace_table)
+                self.pace_table = None
 
     def submit(
         self,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
 import hashlib
 import math
 import mmap
@@ -29,25 +28,24 @@ import os
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 SHM = Path("/dev/shm")
 TABLE_PREFIX = "flowdc-pace-"
 STALE_SECONDS = 600.0
 PACE_SLOTS = 1 << 16
-SLOT_BYTES = 64
+SLOT_BYTES = 160
 HEADER_BYTES = 64  # byte 0: the users' lock
 PROBES = 8
 """Slots tried from a host's home slot; a host that finds them all taken paces in its process."""
-_SLOT = struct.Struct("<Qdqdddqq")  # key, then RateState's fields in order
-SLOW_START_FLAG = 1
 
 
 @dataclass
 class RateState:
     """What the processes of a machine share of a host's rate: its turns, its successes, and
-    the controller's state (fetch/aimd.py), so that a cut by one process holds for all."""
+    the controller's state (fetch/aimd.py, FlakinessCheck's test included), so that a cut or a
+    verdict by one process holds for all."""
 
     next_free: float = -math.inf
     successes: int = 0
@@ -57,6 +55,21 @@ class RateState:
     last_cut: float = -math.inf
     slow_start: bool = True
     cuts: int = 0
+    test_since: float = -math.inf
+    """When FlakinessCheck's test began; -inf: none runs."""
+    share_before: float = 0.0
+    restore_to: float = 0.0
+    test_answers: int = 0
+    test_refused: int = 0
+    noise_share: float = 0.0
+    throttler_until: float = -math.inf
+    peak: float = 0.0
+    peak_at: float = -math.inf
+
+
+_KINDS = [(item.name, item.type) for item in fields(RateState)]
+_SLOT = struct.Struct("<Q" + "".join("d" if kind == "float" else "q" for _, kind in _KINDS))
+assert _SLOT.size <= SLOT_BYTES
 
 
 class LocalPace:
@@ -81,15 +94,25 @@ class PaceTable:
     def __init__(self, path: Path) -> None:
         self.path = path
         size = HEADER_BYTES + PACE_SLOTS * SLOT_BYTES
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_SH, 1, 0)
-            if os.fstat(self.fd).st_size < size:
-                os.ftruncate(self.fd, size)
-            self.memory = mmap.mmap(self.fd, size)
-        except BaseException:
+        for _ in range(3):
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_SH, 1, 0)
+                # the last user (or a sweep) may have removed the file between open and lock:
+                # then this one is alone with it, and the run's next process makes another
+                if os.stat(path).st_ino == os.fstat(self.fd).st_ino:
+                    if os.fstat(self.fd).st_size < size:
+                        os.ftruncate(self.fd, size)
+                    self.memory = mmap.mmap(self.fd, size)
+                    break
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(self.fd)
+                raise
             os.close(self.fd)
-            raise
+        else:
+            raise OSError(f"{path} was removed each time it was opened")
         self.users = 0
 
     def pace(self, host: str) -> SharedPace | LocalPace:
@@ -129,27 +152,18 @@ class PaceTable:
 
 
 def _pack(memory: mmap.mmap, offset: int, key: int, state: RateState) -> None:
-    flags = SLOW_START_FLAG if state.slow_start else 0
-    _SLOT.pack_into(
-        memory,
-        offset,
-        key,
-        state.next_free,
-        state.successes,
-        state.rate,
-        state.good_rate,
-        state.last_cut,
-        flags,
-        state.cuts,
-    )
+    values = (getattr(state, name) for name, _ in _KINDS)
+    # packed apart, then copied: pack_into zero-fills its target before it writes the fields
+    memory[offset : offset + _SLOT.size] = _SLOT.pack(key, *values)
 
 
 def _unpack(memory: mmap.mmap, offset: int) -> tuple[int, RateState]:
-    key, next_free, successes, rate, good_rate, last_cut, flags, cuts = _SLOT.unpack_from(
-        memory, offset
-    )
+    key, *values = _SLOT.unpack_from(memory, offset)
     state = RateState(
-        next_free, successes, rate, good_rate, last_cut, bool(flags & SLOW_START_FLAG), cuts
+        **{
+            name: bool(value) if kind == "bool" else value
+            for (name, kind), value in zip(_KINDS, values, strict=True)
+        }
     )
     return key, state
 
@@ -187,7 +201,7 @@ def table_path(run_key: str) -> Path:
         namespace = os.stat("/proc/self/ns/net").st_ino
     except OSError:
         namespace = 0
-    name = f"{getpass.getuser()}\0{namespace}\0{run_key}"
+    name = f"{os.getuid()}\0{namespace}\0{run_key}"
     digest = hashlib.blake2b(name.encode(), digest_size=12).hexdigest()
     return SHM / f"{TABLE_PREFIX}{digest}"
 
@@ -214,9 +228,9 @@ def sweep_stale_tables(keep: Path) -> None:
             # this process's own tables: its lock would not stop it, and closing would drop it
             if path == keep or path in _open_tables:
                 continue
-            if time.time() - path.stat().st_ctime < STALE_SECONDS:
-                continue
             with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_ctime < STALE_SECONDS:
+                    continue
                 fd = os.open(path, os.O_RDWR)
                 try:
                     fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)

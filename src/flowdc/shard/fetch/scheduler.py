@@ -15,6 +15,7 @@ answered once a request to it failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
@@ -28,7 +29,6 @@ from yarl import URL
 
 from flowdc.shard.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
 from flowdc.shard.fetch.breaker import NO_BREAKER, Breaker, BreakerSettings
-from flowdc.shard.fetch.pace import LocalPace, SharedPace
 
 Clock = Callable[[], float]
 KEEP_HOSTS = 4096
@@ -167,11 +167,12 @@ class Scheduler:
         refuse: Callable[[Job, Host], Awaitable[None]],
         breaker: BreakerSettings = NO_BREAKER,
         clock: Clock = time.monotonic,
-        pace_for: Callable[[str], LocalPace | SharedPace] = lambda _host: LocalPace(),
+        rate_for: Callable[[str], AdaptiveRate] | None = None,
     ) -> None:
-        """`pace_for` gives a host's pacing: this process's (the default) or the machine's."""
+        """`rate_for` makes a host's rate (one whose state the machine's processes share, say);
+        by default each host gets `rate`'s limits in this process."""
         self.slots = slots
-        self.pace_for = pace_for
+        self.rate_for = rate_for
         self.rate_settings = rate
         self.breaker_settings = breaker
         self.attempt = attempt
@@ -187,10 +188,12 @@ class Scheduler:
     def host(self, name: str) -> Host:
         host = self.hosts.get(name)
         if host is None:
-            settings = self.rate_settings or RateSettings(math.inf, math.inf, math.inf, 1, False)
-            host = self.hosts[name] = Host(
-                name, AdaptiveRate(settings, self.pace_for(name)), Breaker(self.breaker_settings)
-            )
+            if self.rate_for is not None:
+                rate = self.rate_for(name)
+            else:
+                unlimited = RateSettings(math.inf, math.inf, math.inf, 1, False)
+                rate = AdaptiveRate(self.rate_settings or unlimited)
+            host = self.hosts[name] = Host(name, rate, Breaker(self.breaker_settings))
         return host
 
     def share(self) -> int:
@@ -261,28 +264,30 @@ class Scheduler:
         while True:
             host = await self._ready.get()
             host.queued = False
-            now = self.clock()
-            # checked again: a Retry-After, a cut or a busy slot may have come while it waited
-            start = self._start_time(host, now)
-            refused = host.breaker.is_open(now)
-            ready = start is not None and start <= now
-            # the token is the host's on this machine: another process may just have taken it
-            ready = ready and (refused or host.rate.try_take(now))
-            job = host.next_job(now) if ready else None
-            if job is None or job.batch.cancelled:
-                self._after(host)
-                continue
-            if not refused:
-                host.in_flight += 1
-            self.review(host)  # it may send again at once: back of the round robin
+            job: Job | None = None
+            sent = False
             try:
+                now = self.clock()
+                # checked again: a Retry-After, a cut or a busy slot may have come while it waited
+                start = self._start_time(host, now)
+                refused = host.breaker.is_open(now)
+                ready = start is not None and start <= now
+                # the token is the host's on this machine: another process may just have taken it
+                ready = ready and (refused or host.rate.try_take(now))
+                job = host.next_job(now) if ready else None
+                if job is None or job.batch.cancelled:
+                    continue
+                sent = not refused
+                host.in_flight += sent
+                self.review(host)  # it may send again at once: back of the round robin
                 await (self.refuse if refused else self.attempt)(job, host)
             except Exception as exc:  # an on_done that failed (a full disk): its batch fails
-                job.batch.fail(exc)
+                if job is not None:
+                    job.batch.fail(exc)
             finally:
-                if not refused:
-                    host.in_flight -= 1
-                self._after(host)
+                host.in_flight -= sent
+                with contextlib.suppress(Exception):  # this slot must live on whatever happened
+                    self._after(host)
 
     def _after(self, host: Host) -> None:
         self.review(host)
