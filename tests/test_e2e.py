@@ -728,10 +728,15 @@ KILL_SHARD = 30
 KILL_OPTIONS = ("--shard_size", str(KILL_SHARD), "--concurrent_downloads", "8", "--label", "label")
 
 
-def kill_group_midway(args: list[str], output: Path, logs: Path) -> int:
-    """Start a run, SIGKILL its whole process group once 2 shards are committed; return them."""
+def kill_group_midway(
+    args: list[str], output: Path, logs: Path, also: Callable[[], bool] | None = None
+) -> int:
+    """Start a run, SIGKILL its whole process group once 2 shards are committed (and `also`
+    holds, if given); return them."""
     with background(args, logs) as run:
         run.wait_for_stats(output, 2)
+        if also is not None:
+            assert wait_for(also, 30), "the run never reached the state to kill it in"
         os.killpg(run.pgid, signal.SIGKILL)
         run.proc.wait(15)
         assert run.proc.returncode == -signal.SIGKILL
@@ -803,9 +808,14 @@ def test_resume_after_sigkill(server: ImageServer, tmp_path: Path, output_format
     input_path = write_csv(tmp_path / "urls.csv", rows)
     output = tmp_path / "out"
     args = download_args(input_path, output, *KILL_OPTIONS, "--output_format", output_format)
-    committed = kill_group_midway(args, output, tmp_path / "killed")
-    if output_format == "parquet":  # killed mid-shard: a shard's file was being written
-        assert [p for p in output.iterdir() if ".images.parquet.tmp-" in p.name]
+
+    def writing_parquet() -> bool:  # mid-shard: a shard's file is being written
+        return any(".images.parquet.tmp-" in path.name for path in output.iterdir())
+
+    also = writing_parquet if output_format == "parquet" else None
+    committed = kill_group_midway(args, output, tmp_path / "killed", also)
+    if output_format == "parquet":
+        assert writing_parquet()  # the resume must clear what the killed shard left
 
     done = run_cli(*args, timeout=RUN_TIMEOUT)
     assert_ok(done)
