@@ -86,6 +86,15 @@ class RateSettings:
     adaptive: bool = True
 
 
+UNLIMITED = RateSettings(math.inf, math.inf, math.inf, 1, adaptive=False)
+"""A host's limits when rate limiting is off: always a token."""
+
+
+def _usable(rate: float) -> bool:
+    """A rate a token's spacing can be computed from (not one a killed writer left)."""
+    return 0 < rate < math.inf
+
+
 class FlakinessCheck:
     """Tells a flaky host from a throttling one by their refusals that do not say what they are
     about (503 without Retry-After): does their share fall when the rate falls? Its state is
@@ -189,6 +198,8 @@ class AdaptiveRate:
             self._valid(state)
             self.delivered_before = state.successes  # the successes before the window
             self.seen_cuts = state.cuts
+            """The host's cuts when this process last counted: another process's cut restarts
+            the counts below too."""
         self.first_sent: float | None = None
         self.last_taken = -math.inf
         self.window: deque[tuple[float, int]] = deque()
@@ -198,14 +209,11 @@ class AdaptiveRate:
         self.refused_since_cut = 0
         self.probe_answers = 0
         """Successes at or past the good rate since the last cut."""
-        self.seen_cuts = 0
-        """The host's cuts when this process last counted: another process's cut restarts the
-        counts above too."""
 
     def _valid(self, state: RateState) -> None:
         """Set the rate when this is the first process to meet the host, or when a process
         killed halfway through writing the slot left it unusable."""
-        if not (0 < state.rate < math.inf):
+        if not _usable(state.rate):
             settings = self.settings
             state.rate = min(max(settings.initial, settings.floor), settings.ceiling)
             state.slow_start = settings.adaptive
@@ -243,7 +251,7 @@ class AdaptiveRate:
     def available_at(self, now: float) -> float:
         """When the next token may be taken (now or later)."""
         state = self.pace.peek()
-        if not (0 < state.rate < math.inf):
+        if not _usable(state.rate):
             return now  # try_take sets it again
         tolerance = (self._burst(state.rate) - 1.0) / state.rate
         return max(now, state.next_free - tolerance)

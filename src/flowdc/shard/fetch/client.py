@@ -22,7 +22,7 @@ from flowdc.core.status import (
     HOST_UNAVAILABLE,
     INVALID_URL,
 )
-from flowdc.shard.fetch.aimd import AdaptiveRate, RateSettings
+from flowdc.shard.fetch.aimd import UNLIMITED, AdaptiveRate, RateSettings
 from flowdc.shard.fetch.breaker import BreakerSettings
 from flowdc.shard.fetch.http import FetchResult, HttpClient, invalid_url_reason, parse_url
 from flowdc.shard.fetch.pace import LocalPace, SharedPace, open_table, release_table
@@ -77,18 +77,20 @@ class Fetcher:
         machine_limits, process_limits = limits(max(1, machines)), limits(max(1, processes))
 
         def rate_for(host: str) -> AdaptiveRate:
-            """The machine's rate of the host, or this process's share when the table is full."""
+            """The machine's rate of the host, or this process's share when the table is full
+            or there is none."""
+            if not config.enable_rate_limiting:
+                return AdaptiveRate(UNLIMITED)
             pace = self.pace_table.pace(host) if self.pace_table else LocalPace()
             shared = isinstance(pace, SharedPace)
             return AdaptiveRate(machine_limits if shared else process_limits, pace)
 
         self.scheduler = Scheduler(
             self.concurrency,
-            process_limits if config.enable_rate_limiting else None,
+            rate_for,
             self._run_attempt,
             self._refuse,
             BreakerSettings(config.host_failure_threshold, config.host_cooldown),
-            rate_for=rate_for if config.enable_rate_limiting else None,
         )
         try:
             self.http = HttpClient(config, resolver)

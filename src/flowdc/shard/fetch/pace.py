@@ -176,8 +176,7 @@ class SharedPace:
         self.offset = offset
 
     def peek(self) -> RateState:
-        # under the lock too: struct.pack_into zero-fills a slot before it writes the fields, so
-        # a read beside a write could see a rate of 0
+        # under the lock too: a read beside a write could mix the old fields with the new
         with self.table.slot_locked(self.offset):
             return _unpack(self.table.memory, self.offset)[1]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from yarl import URL
 
-from flowdc.shard.fetch.aimd import AdaptiveConcurrency, AdaptiveRate, RateSettings
+from flowdc.shard.fetch.aimd import AdaptiveConcurrency, AdaptiveRate
 from flowdc.shard.fetch.breaker import NO_BREAKER, Breaker, BreakerSettings
 
 Clock = Callable[[], float]
@@ -162,18 +162,16 @@ class Scheduler:
     def __init__(
         self,
         slots: int,
-        rate: RateSettings | None,
+        rate_for: Callable[[str], AdaptiveRate],
         attempt: Callable[[Job, Host], Awaitable[None]],
         refuse: Callable[[Job, Host], Awaitable[None]],
         breaker: BreakerSettings = NO_BREAKER,
         clock: Clock = time.monotonic,
-        rate_for: Callable[[str], AdaptiveRate] | None = None,
     ) -> None:
-        """`rate_for` makes a host's rate (one whose state the machine's processes share, say);
-        by default each host gets `rate`'s limits in this process."""
+        """`rate_for` makes a host's rate (in this process, or one whose state the machine's
+        processes share)."""
         self.slots = slots
         self.rate_for = rate_for
-        self.rate_settings = rate
         self.breaker_settings = breaker
         self.attempt = attempt
         self.refuse = refuse
@@ -188,12 +186,9 @@ class Scheduler:
     def host(self, name: str) -> Host:
         host = self.hosts.get(name)
         if host is None:
-            if self.rate_for is not None:
-                rate = self.rate_for(name)
-            else:
-                unlimited = RateSettings(math.inf, math.inf, math.inf, 1, False)
-                rate = AdaptiveRate(self.rate_settings or unlimited)
-            host = self.hosts[name] = Host(name, rate, Breaker(self.breaker_settings))
+            host = self.hosts[name] = Host(
+                name, self.rate_for(name), Breaker(self.breaker_settings)
+            )
         return host
 
     def share(self) -> int:
